@@ -1,0 +1,3 @@
+from tdkstain.cli import main
+
+raise SystemExit(main())
