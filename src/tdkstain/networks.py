@@ -1,0 +1,411 @@
+"""The three TDKstain networks, laid out exactly as the authors' release.
+
+- :class:`ResnetGenerator` G: H&E -> IHC, with encoder taps ``G_en``.
+- :class:`MultiscaleDiscriminator` D: pix2pixHD multi-scale PatchGAN on (H&E, IHC) pairs.
+- :class:`NucleiDensityEstimator` E: encoder taps -> nuclei density map.
+
+Layer order and module names reproduce the release's ``state_dict`` keys
+(``model.<i>.<param>`` for G and E, ``layer<i>.<j>.<param>`` for D; see
+``shared/fixtures/official/*.json``), so the authors' checkpoints load
+without renaming. Every size is a constructor argument; the defaults are the
+paper configuration (METHOD.md "Networks"): G 45.6 M, D 8.3 M, E 6.8 M
+parameters.
+
+This module imports nothing else from tdkstain (docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "PADDING_TYPES",
+    "ResnetBlock",
+    "ResnetGenerator",
+    "MultiscaleDiscriminator",
+    "NucleiDensityEstimator",
+    "Networks",
+    "create_networks",
+    "init_weights",
+    "count_parameters",
+]
+
+PADDING_TYPES = ("reflect", "replicate", "zero")
+
+
+def _norm(channels: int) -> nn.Module:
+    # The release's "instance" norm: no affine parameters, no running
+    # statistics, so train and eval modes compute the same function and a
+    # batch never mixes its samples (G(x) and G(M*x) may share one batch).
+    return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+
+
+def _pad_layers(padding_type: str, amount: int) -> tuple[list[nn.Module], int]:
+    """Explicit padding layer(s) and the conv's own zero padding, pix2pix style.
+
+    "zero" pads inside the conv and adds no layer, which shifts the Sequential
+    indices exactly as the release's code does for that option.
+    """
+    if padding_type == "reflect":
+        return [nn.ReflectionPad2d(amount)], 0
+    if padding_type == "replicate":
+        return [nn.ReplicationPad2d(amount)], 0
+    if padding_type == "zero":
+        return [], amount
+    raise ValueError(f"padding_type must be one of {PADDING_TYPES}, got {padding_type!r}")
+
+
+class ResnetBlock(nn.Module):
+    """Residual block: pad, conv3x3, norm, ReLU, pad, conv3x3, norm, plus skip.
+
+    Keys read ``conv_block.1.weight`` / ``conv_block.5.weight`` with reflect
+    padding, as in the release (no dropout).
+    """
+
+    def __init__(self, channels: int, padding_type: str = "reflect") -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for second in (False, True):
+            pads, p = _pad_layers(padding_type, 1)
+            layers += pads
+            layers += [nn.Conv2d(channels, channels, kernel_size=3, padding=p, bias=True), _norm(channels)]
+            if not second:
+                layers.append(nn.ReLU(inplace=True))
+        self.conv_block = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_block(x)
+
+
+class ResnetGenerator(nn.Module):
+    """ResNet generator G of the release (pix2pix ResnetGenerator with 3 downsamplings).
+
+    Layout of ``self.model`` (an ``nn.Sequential``; indices for n_downsampling 3,
+    n_blocks 9): 0 reflect-pad 3, 1 conv 7x7, 2 norm, 3 ReLU; then per
+    downsampling k = 1..3 a stride-2 conv 3x3, norm, ReLU at 4-6, 7-9, 10-12
+    (the ReLU outputs at 6, 9, 12 are the encoder taps ``G_en``); 13-21
+    residual blocks; per upsampling a transposed conv 3x3 stride 2
+    (output_padding 1), norm, ReLU at 22-30; 31 reflect-pad 3, 32 conv 7x7,
+    33 tanh.
+
+    Input and output: ``(B, input_nc, H, W)`` -> ``(B, output_nc, H, W)``,
+    float in [-1, 1]; H and W multiples of ``2**n_downsampling`` give an
+    output of the same size.
+    """
+
+    def __init__(
+        self,
+        input_nc: int = 3,
+        output_nc: int = 3,
+        ngf: int = 64,
+        n_downsampling: int = 3,
+        n_blocks: int = 9,
+        padding_type: str = "reflect",
+    ) -> None:
+        super().__init__()
+        if padding_type not in PADDING_TYPES:
+            raise ValueError(f"padding_type must be one of {PADDING_TYPES}, got {padding_type!r}")
+        if min(input_nc, output_nc, ngf) < 1 or n_downsampling < 1 or n_blocks < 0:
+            raise ValueError(
+                "ResnetGenerator needs input_nc, output_nc, ngf >= 1, n_downsampling >= 1, n_blocks >= 0; "
+                f"got {input_nc}, {output_nc}, {ngf}, {n_downsampling}, {n_blocks}"
+            )
+        self.init_kwargs: dict[str, Any] = dict(
+            input_nc=input_nc,
+            output_nc=output_nc,
+            ngf=ngf,
+            n_downsampling=n_downsampling,
+            n_blocks=n_blocks,
+            padding_type=padding_type,
+        )
+
+        # The outer 7x7 convs always reflect-pad (release), whatever padding_type says.
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(input_nc, ngf, kernel_size=7, padding=0, bias=True),
+            _norm(ngf),
+            nn.ReLU(inplace=True),
+        ]
+        taps: list[int] = []
+        channels: list[int] = []
+        for k in range(n_downsampling):
+            c_in, c_out = ngf * 2**k, ngf * 2 ** (k + 1)
+            layers += [
+                nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1, bias=True),
+                _norm(c_out),
+                nn.ReLU(inplace=True),
+            ]
+            taps.append(len(layers) - 1)  # 6, 9, 12 for n_downsampling 3
+            channels.append(c_out)
+        bottleneck = ngf * 2**n_downsampling
+        layers += [ResnetBlock(bottleneck, padding_type) for _ in range(n_blocks)]
+        for k in range(n_downsampling, 0, -1):
+            c_in, c_out = ngf * 2**k, ngf * 2 ** (k - 1)
+            layers += [
+                nn.ConvTranspose2d(c_in, c_out, kernel_size=3, stride=2, padding=1, output_padding=1, bias=True),
+                _norm(c_out),
+                nn.ReLU(inplace=True),
+            ]
+        layers += [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(ngf, output_nc, kernel_size=7, padding=0, bias=True),
+            nn.Tanh(),
+        ]
+        self.model = nn.Sequential(*layers)
+        self.tap_indices: tuple[int, ...] = tuple(taps)
+        self._tap_channels: tuple[int, ...] = tuple(channels)
+
+    @property
+    def tap_channels(self) -> list[int]:
+        """Channels of the encoder taps, e.g. ``[128, 256, 512]`` for ngf 64."""
+        return list(self._tap_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, input_nc, H, W)`` in [-1, 1] -> ``(B, output_nc, H, W)`` in [-1, 1]."""
+        return self.model(x)
+
+    def forward_with_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Output and encoder taps from one pass.
+
+        Returns ``(y, taps)``: ``y`` as :meth:`forward`; ``taps[k]`` is the
+        post-ReLU output of downsampling stage k+1, shape
+        ``(B, tap_channels[k], H / 2**(k+1), W / 2**(k+1))``, values >= 0.
+        """
+        taps: list[torch.Tensor] = []
+        tap_set = self.tap_indices
+        for i, layer in enumerate(self.model):
+            x = layer(x)
+            if i in tap_set:
+                taps.append(x)
+        return x, taps
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder taps only (runs the Sequential up to the last tap; the
+        estimator step on real IHC needs nothing more). Shapes as in
+        :meth:`forward_with_taps`."""
+        taps: list[torch.Tensor] = []
+        last = self.tap_indices[-1]
+        for i, layer in enumerate(self.model):
+            x = layer(x)
+            if i in self.tap_indices:
+                taps.append(x)
+                if i == last:
+                    break
+        return taps
+
+
+class MultiscaleDiscriminator(nn.Module):
+    """pix2pixHD multi-scale PatchGAN discriminator D, keys as in the release.
+
+    ``num_D`` PatchGANs named ``layer0`` ... ``layer{num_D-1}``, each an
+    ``nn.Sequential`` (index layout for n_layers 3: 0 conv s2, 1 LReLU;
+    2/5 conv s2, 3/6 norm, 4/7 LReLU; 8 conv s1, 9 norm, 10 LReLU; 11 conv s1
+    to 1 channel). All convs are 4x4 with padding ceil(3/2) = 2 (pix2pixHD).
+
+    As in pix2pixHD (and therefore in the release's checkpoints), the
+    full-resolution input goes through the *last* PatchGAN
+    ``layer{num_D-1}`` and ``layer0`` sees the coarsest scale; the returned
+    list is ordered from full resolution to coarsest. Each next scale is the
+    previous one average-pooled (3x3, stride 2, padding 1, padding not
+    counted).
+
+    Input: ``(B, input_nc, H, W)``, the (H&E, IHC) pair concatenated along
+    channels, each in [-1, 1]. Output: ``list`` of ``num_D`` patch score maps
+    ``(B, 1, h_s, w_s)`` (raw scores, LSGAN: no sigmoid), or, with
+    ``get_intermediate_features``, a list per scale of the ``n_layers + 2``
+    block outputs (conv[+norm]+LReLU groups, then the final scores last), for
+    pix2pixHD feature matching.
+    """
+
+    def __init__(
+        self,
+        input_nc: int = 6,
+        ndf: int = 64,
+        n_layers: int = 3,
+        num_D: int = 3,  # noqa: N803 - name kept from pix2pixHD / the release
+        get_intermediate_features: bool = False,
+    ) -> None:
+        super().__init__()
+        if min(input_nc, ndf, n_layers, num_D) < 1:
+            raise ValueError(
+                f"MultiscaleDiscriminator needs input_nc, ndf, n_layers, num_D >= 1; got {input_nc}, {ndf}, {n_layers}, {num_D}"
+            )
+        self.init_kwargs: dict[str, Any] = dict(
+            input_nc=input_nc,
+            ndf=ndf,
+            n_layers=n_layers,
+            num_D=num_D,
+            get_intermediate_features=get_intermediate_features,
+        )
+        self.num_D = num_D
+        self.n_layers = n_layers
+        self.get_intermediate_features = get_intermediate_features
+        group_ends: list[int] = []
+        for i in range(num_D):
+            patchgan, group_ends = self._patchgan(input_nc, ndf, n_layers)
+            self.add_module(f"layer{i}", patchgan)
+        # Sequential indices whose outputs are the pix2pixHD "intermediate features".
+        self.feature_indices: tuple[int, ...] = tuple(group_ends)
+        self.downsample = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
+
+    @staticmethod
+    def _patchgan(input_nc: int, ndf: int, n_layers: int) -> tuple[nn.Sequential, list[int]]:
+        kw, padw = 4, 2  # pix2pixHD: kw = 4, padw = ceil((kw - 1) / 2)
+        layers: list[nn.Module] = [
+            nn.Conv2d(input_nc, ndf, kernel_size=kw, stride=2, padding=padw),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
+        ends = [len(layers) - 1]
+        # Channels double per layer, capped at 8 * ndf (METHOD.md; pix2pixHD
+        # caps at 512, which is the same number for the paper's ndf 64).
+        nf = ndf
+        for n in range(1, n_layers + 1):
+            nf_prev, nf = nf, min(nf * 2, 8 * ndf)
+            stride = 2 if n < n_layers else 1  # the last of these is stride 1
+            layers += [
+                nn.Conv2d(nf_prev, nf, kernel_size=kw, stride=stride, padding=padw),
+                _norm(nf),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
+            ends.append(len(layers) - 1)
+        layers.append(nn.Conv2d(nf, 1, kernel_size=kw, stride=1, padding=padw))
+        ends.append(len(layers) - 1)
+        return nn.Sequential(*layers), ends
+
+    def scale_modules(self) -> list[nn.Sequential]:
+        """The PatchGANs in the order they are applied (full resolution first)."""
+        return [getattr(self, f"layer{self.num_D - 1 - s}") for s in range(self.num_D)]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor] | list[list[torch.Tensor]]:
+        results: list = []
+        for s, patchgan in enumerate(self.scale_modules()):
+            if self.get_intermediate_features:
+                features: list[torch.Tensor] = []
+                h = x
+                for i, layer in enumerate(patchgan):
+                    h = layer(h)
+                    if i in self.feature_indices:
+                        features.append(h)
+                results.append(features)
+            else:
+                results.append(patchgan(x))
+            if s != self.num_D - 1:
+                x = self.downsample(x)
+        return results
+
+
+class NucleiDensityEstimator(nn.Module):
+    """Nuclei density estimator E: encoder taps -> density map in [0, 1].
+
+    ``self.model`` (keys as in the release, nef 128, 4 blocks): 0 conv 7x7
+    (zero padding 3), 1 norm, 2 ReLU, 3..6 residual blocks as in G, 7 conv
+    7x7 to 1 channel (zero padding 3), 8 sigmoid.
+    """
+
+    def __init__(self, input_nc: int = 896, nef: int = 128, n_blocks: int = 4, padding_type: str = "reflect") -> None:
+        super().__init__()
+        if min(input_nc, nef) < 1 or n_blocks < 0:
+            raise ValueError(f"NucleiDensityEstimator needs input_nc, nef >= 1, n_blocks >= 0; got {input_nc}, {nef}, {n_blocks}")
+        self.init_kwargs: dict[str, Any] = dict(input_nc=input_nc, nef=nef, n_blocks=n_blocks, padding_type=padding_type)
+        layers: list[nn.Module] = [
+            nn.Conv2d(input_nc, nef, kernel_size=7, padding=3, bias=True),
+            _norm(nef),
+            nn.ReLU(inplace=True),
+        ]
+        layers += [ResnetBlock(nef, padding_type) for _ in range(n_blocks)]
+        layers += [nn.Conv2d(nef, 1, kernel_size=7, padding=3, bias=True), nn.Sigmoid()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, taps: list[torch.Tensor], out_size: tuple[int, int]) -> torch.Tensor:
+        """Density map from the generator's encoder taps.
+
+        ``taps``: list of ``(B, C_k, h_k, w_k)`` (``ResnetGenerator.encode``),
+        channels summing to ``input_nc``. Every tap is resized bilinearly
+        (align_corners=True, as the release) to the first tap's size and
+        concatenated. Returns ``(B, 1, *out_size)`` float in [0, 1], resized
+        the same way.
+        """
+        size = taps[0].shape[-2:]
+        # Resizing the first tap to its own size is the identity; skip it.
+        resized = [taps[0]] + [
+            t if t.shape[-2:] == size else F.interpolate(t, size=size, mode="bilinear", align_corners=True)
+            for t in taps[1:]
+        ]
+        density = self.model(torch.cat(resized, dim=1))
+        if tuple(density.shape[-2:]) != tuple(out_size):
+            density = F.interpolate(density, size=tuple(out_size), mode="bilinear", align_corners=True)
+        return density
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> nn.Module:
+    """The release's "normal" init, in place: conv / linear weights N(0, std), biases 0.
+
+    Norm layers with affine parameters (none in these networks) get weight
+    N(1, std) and bias 0, as pix2pix does for batch norm. Returns ``module``.
+    """
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm)) and m.weight is not None:
+            nn.init.normal_(m.weight, 1.0, std)
+            nn.init.zeros_(m.bias)
+    return module
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@dataclass
+class Networks:
+    """The three networks of one TDKstain model."""
+
+    generator: ResnetGenerator
+    discriminator: MultiscaleDiscriminator
+    estimator: NucleiDensityEstimator
+
+
+def create_networks(
+    *,
+    input_nc: int = 3,
+    output_nc: int = 3,
+    ngf: int = 64,
+    n_downsampling: int = 3,
+    n_blocks: int = 9,
+    padding_type: str = "reflect",
+    ndf: int = 64,
+    n_layers_D: int = 3,  # noqa: N803
+    num_D: int = 3,  # noqa: N803
+    get_intermediate_features: bool = False,
+    nef: int = 128,
+    estimator_blocks: int = 4,
+    init_std: float | None = 0.02,
+    generator_seed: int | None = None,
+) -> Networks:
+    """G, D and E of consistent sizes (defaults: the paper configuration).
+
+    D sees ``input_nc + output_nc`` channels (the (H&E, IHC) pair); E sees the
+    sum of G's tap channels. ``init_std`` None keeps PyTorch's default init.
+    ``generator_seed``, when given, seeds a private generator for the
+    initialisation so that it does not depend on the global RNG.
+    """
+    generator = ResnetGenerator(input_nc, output_nc, ngf, n_downsampling, n_blocks, padding_type)
+    discriminator = MultiscaleDiscriminator(input_nc + output_nc, ndf, n_layers_D, num_D, get_intermediate_features)
+    estimator = NucleiDensityEstimator(sum(generator.tap_channels), nef, estimator_blocks, padding_type)
+    if init_std is not None:
+        if generator_seed is None:
+            for net in (generator, discriminator, estimator):
+                init_weights(net, init_std)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(generator_seed)
+                for net in (generator, discriminator, estimator):
+                    init_weights(net, init_std)
+    return Networks(generator, discriminator, estimator)
