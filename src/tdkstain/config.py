@@ -1,0 +1,253 @@
+"""Typed training configuration: the only copy of every default.
+
+A run is configured by one YAML preset (``configs/tdkstain-paper.yaml``,
+``configs/demo-cpu.yaml`` or a file of yours) plus dotted command-line
+overrides such as ``loss.membrane=5``. Every section is a pydantic model that
+forbids unknown keys and refuses values of the wrong type, so a typo is an
+error naming the key instead of a silently ignored setting::
+
+    cfg = load_config("demo-cpu", ["loss.membrane=5", "train.max_steps=200"])
+    cfg.loss.membrane  # 5.0
+
+The defaults below are the paper's configuration as released by the authors
+(see ``docs/METHOD.md`` "Networks" and "Losses and update order").
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tdkstain.errors import TdkstainError
+
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class Section(BaseModel):
+    # strict: "5" is not an int, 1 is not a bool; ints are still accepted for floats.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class ModelConfig(Section):
+    """Network sizes (METHOD.md "Networks"; release defaults)."""
+
+    ngf: int = Field(64, ge=1, description="generator base width")
+    n_downsampling: int = Field(3, ge=1, description="stride-2 stages in the generator (taps = their outputs)")
+    n_blocks: int = Field(9, ge=0, description="residual blocks in the generator")
+    ndf: int = Field(64, ge=1, description="discriminator base width")
+    n_layers_d: int = Field(3, ge=1, description="stride-2 layers per PatchGAN")
+    num_d: int = Field(3, ge=1, description="discriminator scales")
+    nef: int = Field(128, ge=1, description="nuclei density estimator width")
+    estimator_blocks: int = Field(4, ge=0, description="residual blocks in the estimator")
+
+
+class LossConfig(Section):
+    """Loss weights (METHOD.md "Losses and update order": all 10, LSGAN).
+
+    A weight of 0 removes the branch and its compute: ``membrane=0`` skips
+    the ``G(M * x)`` forward, ``nuclei=0`` builds no estimator at all.
+    """
+
+    gan: Literal["lsgan", "vanilla"] = "lsgan"
+    l1: float = Field(10.0, ge=0)
+    membrane: float = Field(10.0, ge=0)
+    nuclei: float = Field(10.0, ge=0)
+    estimator: float = Field(10.0, ge=0, description="weight of the estimator's own loss L_E")
+
+
+class OptimConfig(Section):
+    """Adam for all three networks (release: lr 2e-4, betas (0.5, 0.999))."""
+
+    lr: float = Field(2e-4, gt=0)
+    betas: tuple[float, float] = Field((0.5, 0.999), strict=False)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError("both betas must lie in [0, 1)")
+        return v
+
+
+class ScheduleConfig(Section):
+    """How long and in which order to train.
+
+    ``epochs`` GAN epochs, the last ``decay_epochs`` of them with the learning
+    rate decaying linearly towards zero (release: 100 = 50 constant + 50
+    decay). Unlike the release, the last step never runs at learning rate 0.
+    ``kind``: "joint" trains the estimator first in every iteration (the
+    release); "two-stage" trains the estimator alone for
+    ``estimator_epochs`` epochs, then the GAN with the estimator frozen (the
+    paper's description).
+    """
+
+    epochs: int = Field(100, ge=1)
+    decay_epochs: int = Field(50, ge=0)
+    kind: Literal["joint", "two-stage"] = "joint"
+    estimator_epochs: int = Field(0, ge=0, description="two-stage only: estimator-only epochs before the GAN")
+
+
+class DataConfig(Section):
+    """Aligned training tiles and held-out validation pairs."""
+
+    root: str | None = Field(None, description="dataset root; set by `tdkstain train --data`")
+    crop: int = Field(1024, ge=8, description="random crop size in pixels (release: whole 1024 tiles)")
+    batch: int = Field(1, ge=1, description="tiles per step per process (global batch = batch x processes)")
+    flip: bool = Field(True, description="random horizontal flip, identical for every aligned image")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    train_split: str = "train"
+    val_split: str = Field("test", description="split used for validation; if it has no pairs, the last val_pairs train pairs are held out")
+    val_pairs: int = Field(8, ge=0, description="validation pairs (0 disables validation)")
+    val_size: int | None = Field(None, ge=8, description="centre crop for validation tiles (None: whole tiles)")
+    nuclei_density_format: Literal["png", "tif"] = Field("png", description="png: the release's min-max uint8 map; tif: float32")
+    mpp: float | None = Field(None, gt=0, description="microns per pixel of the tiles, for the model card (RegH2I/BCI 20x: ~0.5)")
+
+
+class TrainConfig(Section):
+    """Runtime: devices, precision, reproducibility, bookkeeping."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 0
+    deterministic: bool = True
+    max_steps: int | None = Field(None, ge=0, description="stop after this many steps (a budget; the lr schedule is unchanged)")
+    checkpoint_every: int = Field(1000, ge=1)
+    keep_last: int = Field(3, ge=1)
+    val_every: int = Field(1000, ge=1)
+    log_every: int = Field(50, ge=1)
+    best_metric: Literal["l1", "ssim", "psnr"] = "l1"
+    nonfinite: Literal["stop", "skip"] = "stop"
+    tensorboard: bool = True
+
+
+class Config(Section):
+    """The whole run. ``method`` picks the objective (``objective.OBJECTIVES``)."""
+
+    method: Literal["tdkstain"] = "tdkstain"
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain builtins (lists, not tuples): safe for YAML, JSON and ``torch.load(weights_only=True)``."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def architecture(self) -> dict[str, Any]:
+        """The part of the config a checkpoint's tensors depend on."""
+        return {"method": self.method, "model": self.model.model_dump(mode="json"), "has_estimator": self.loss.nuclei > 0}
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def resolve_preset(name_or_path: str | Path) -> Path:
+    """A path to a YAML file, or a preset name such as ``demo-cpu``."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    if preset.is_file():
+        return preset
+    raise TdkstainError(
+        f"{name_or_path}: no such config file or preset; presets: {', '.join(preset_names())}"
+    )
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"loss.membrane=5"`` -> (["loss", "membrane"], 5); the value is read as a YAML scalar."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise TdkstainError(f"{text!r}: overrides look like key=value, e.g. loss.membrane=5")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as err:
+        raise TdkstainError(f"{key}: cannot read value {value!r}: {err}") from err
+    return key.split("."), parsed
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        keys.append(dotted)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_known_keys(ann, dotted + "."))
+    return keys
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    known = _known_keys(Config)
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            lines.append(f"{key}: unknown key{hint}")
+        else:
+            got = e.get("input")
+            lines.append(f"{key}: {e['msg']} (got {got!r})")
+    return f"{source}: invalid config:\n  " + "\n  ".join(lines)
+
+
+def build_config(data: dict[str, Any] | None, overrides: list[str] = (), source: str = "config") -> Config:
+    """Validate a nested dict (from YAML) after applying dotted overrides."""
+    data = dict(data or {})
+    if not isinstance(data, dict):
+        raise TdkstainError(f"{source}: a config is a mapping of sections, got {type(data).__name__}")
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise TdkstainError(f"{'.'.join(path)}: {part} is a value, not a section")
+            else:
+                child = node[part] = dict(child)
+            node = child
+        node[path[-1]] = value
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise TdkstainError(_format_errors(err, source)) from None
+
+
+def load_config(name_or_path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a preset or YAML file (``yaml.safe_load``), apply overrides, validate."""
+    if name_or_path is None:
+        return build_config({}, overrides, source="defaults")
+    path = resolve_preset(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise TdkstainError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise TdkstainError(f"{path}: a config is a mapping of sections, got {type(data).__name__}")
+    return build_config(data, overrides, source=str(path))
+
+
+def read_run_config(path: str | Path) -> Config:
+    """Read a resolved ``RUN/config.yaml`` back."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise TdkstainError(f"{path}: cannot read run config: {err}") from err
+    return build_config(data, source=str(path))
