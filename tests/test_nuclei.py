@@ -1,0 +1,295 @@
+"""Nuclei masks, centroids and detection scoring."""
+
+from __future__ import annotations
+
+import sys
+import types
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from tdkstain.errors import TdkstainError
+from tdkstain.nuclei import (
+    NucleiParams,
+    detect_nuclei,
+    hematoxylin_od,
+    match_centroids,
+    nuclei_mask,
+    pool_centroids,
+    score_detection,
+)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REAL_IHC = SHARED / "data" / "ihc_skimage_colon.png"
+
+
+def _real_ihc() -> np.ndarray:
+    if not REAL_IHC.is_file():
+        pytest.skip(f"shared real image missing: {REAL_IHC}")
+    from skimage import io
+
+    return io.imread(REAL_IHC)[..., :3]
+
+
+def _blob_tile(centres: list[tuple[float, float]], radius: float = 5.0, size: int = 64) -> np.ndarray:
+    """A white tile with haematoxylin-only discs: (size, size, 3) uint8."""
+    from skimage.color import hed2rgb
+
+    rows, cols = np.mgrid[:size, :size]
+    hematoxylin = np.zeros((size, size))
+    for row, col in centres:
+        hematoxylin[(rows - row) ** 2 + (cols - col) ** 2 <= radius**2] = 0.08
+    hed = np.zeros((size, size, 3))
+    hed[..., 0] = hematoxylin
+    return (np.clip(hed2rgb(hed), 0, 1) * 255).round().astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------
+# match_centroids / pool_centroids: hand-computed cases
+# ---------------------------------------------------------------------------
+
+
+def test_match_centroids_hand_case_prefers_more_pairs_over_nearest():
+    # Greedy nearest-first would pair pred 0 with truth 0 (distance 4) and
+    # leave pred 1 unmatched (14 px from truth 1). The optimal one-to-one
+    # matching pairs pred 0-truth 1 (5 px) and pred 1-truth 0 (5 px).
+    pred = np.array([[0.0, 0.0], [0.0, 9.0], [100.0, 100.0]])
+    truth = np.array([[0.0, 4.0], [0.0, -5.0], [50.0, 50.0]])
+    result = match_centroids(pred, truth, radius=6.0)
+    assert (result.tp, result.fp, result.fn) == (2, 1, 1)
+    assert result.precision == pytest.approx(2 / 3)
+    assert result.recall == pytest.approx(2 / 3)
+    assert result.f1 == pytest.approx(2 / 3)
+    assert sorted(map(tuple, result.pairs.tolist())) == [(0, 1), (1, 0)]
+
+
+def test_match_centroids_radius_is_inclusive_and_one_to_one():
+    truth = np.array([[10.0, 10.0]])
+    pred = np.array([[10.0, 16.0], [10.0, 4.0], [10.0, 10.5]])
+    result = match_centroids(pred, truth, radius=6.0)
+    assert (result.tp, result.fp, result.fn) == (1, 2, 0)
+    assert result.pairs.tolist() == [[2, 0]]  # the nearest of three candidates
+    assert match_centroids(pred[:1], truth, radius=6.0).tp == 1  # exactly 6 px counts
+    assert match_centroids(pred[:1], truth, radius=5.999).tp == 0
+
+
+def test_match_centroids_empty_sets():
+    empty = np.zeros((0, 2))
+    some = np.array([[1.0, 2.0], [3.0, 4.0]])
+    both = match_centroids(empty, empty)
+    assert (both.tp, both.fp, both.fn, both.f1) == (0, 0, 0, 1.0)
+    missed = match_centroids(empty, some)
+    assert (missed.fn, missed.recall, missed.f1) == (2, 0.0, 0.0)
+    spurious = match_centroids(some, empty)
+    assert (spurious.fp, spurious.precision, spurious.f1) == (2, 0.0, 0.0)
+
+
+def test_pool_centroids_drops_duplicates_within_radius():
+    nuclei = np.array([[10.0, 10.0], [40.0, 40.0]])
+    cells = np.array([[12.0, 11.0], [70.0, 10.0], [72.0, 12.0], [40.0, 49.0]])
+    pooled = pool_centroids(nuclei, cells, radius=8.0)
+    # (12, 11) is 2.2 px from a nucleus: duplicate; (72, 12) is 2.8 px from the
+    # cell kept just before it: duplicate; (40, 49) is 9 px away: new.
+    np.testing.assert_array_equal(pooled, [[10, 10], [40, 40], [70, 10], [40, 49]])
+    assert pool_centroids(np.zeros((0, 2)), np.zeros((0, 2)), 5.0).shape == (0, 2)
+
+
+# ---------------------------------------------------------------------------
+# Release mask: identical to a plain scikit-image re-implementation
+# ---------------------------------------------------------------------------
+
+
+def test_release_mask_equals_plain_skimage_on_real_image():
+    from skimage.color import rgb2hed
+    from skimage.exposure import rescale_intensity
+    from skimage.filters import threshold_otsu
+    from skimage.morphology import dilation, disk, remove_small_holes
+
+    ihc = _real_ihc()
+    hematoxylin = rgb2hed(ihc)[..., 0]
+    scaled = rescale_intensity(
+        hematoxylin, in_range=(hematoxylin.min(), np.percentile(hematoxylin, 99)), out_range=(0, 255)
+    )
+    expected = scaled > threshold_otsu(scaled)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # area_threshold is deprecated in scikit-image 0.26
+        expected = remove_small_holes(expected, area_threshold=400, connectivity=2)
+    expected = dilation(expected, disk(1))
+
+    mask = nuclei_mask(ihc, NucleiParams(mode="release"))
+    assert mask.dtype == bool and mask.shape == ihc.shape[:2]
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_release_mask_blank_tile_is_empty_not_nan():
+    blank = np.full((32, 32, 3), 240, np.uint8)
+    assert not nuclei_mask(blank, NucleiParams(mode="release")).any()
+    assert detect_nuclei(blank, NucleiParams(mode="release")).shape == (0, 2)
+
+
+# ---------------------------------------------------------------------------
+# Real image: centroids sit on haematoxylin
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode, above_p75", [("release", 0.75), ("adaptive", 0.85)])
+def test_real_image_centroids_lie_on_hematoxylin(mode, above_p75):
+    ihc = _real_ihc()
+    centroids = detect_nuclei(ihc, NucleiParams(mode=mode))
+    assert centroids.dtype == np.float64 and centroids.ndim == 2 and centroids.shape[1] == 2
+    # By eye the 512x512 colon crop holds roughly 300-400 nuclei.
+    assert 150 <= len(centroids) <= 600
+    hematoxylin = hematoxylin_od(ihc)
+    at = np.round(centroids).astype(int)
+    values = hematoxylin[at[:, 0], at[:, 1]]
+    # Random points would give 0.50 and 0.25.
+    assert (values > np.median(hematoxylin)).mean() >= 0.95
+    assert (values > np.percentile(hematoxylin, 75)).mean() >= above_p75
+
+
+# ---------------------------------------------------------------------------
+# Classical backend on drawn blobs
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["release", "adaptive"])
+def test_classical_splits_touching_discs(mode):
+    centres = [(20.0, 20.0), (20.0, 29.0), (45.0, 40.0)]  # the first two touch
+    ihc = _blob_tile(centres, radius=5.0)
+    found = detect_nuclei(ihc, NucleiParams(mode=mode))
+    result = match_centroids(found, np.array(centres), radius=2.0)
+    assert (result.tp, result.fp, result.fn) == (3, 0, 0)
+
+
+def test_adaptive_size_window_scales_with_mpp():
+    ihc = _blob_tile([(32.0, 32.0)], radius=5.0)  # 10 px across
+    # At 0.5 um/px the disc is 5 um: a nucleus. At 0.1 um/px it is 1 um: debris.
+    assert len(detect_nuclei(ihc, NucleiParams(mode="adaptive", mpp=0.5))) == 1
+    assert len(detect_nuclei(ihc, NucleiParams(mode="adaptive", mpp=0.1))) == 0
+    # At 4 um/px it is 40 um: larger than any nucleus.
+    assert len(detect_nuclei(ihc, NucleiParams(mode="adaptive", mpp=4.0))) == 0
+
+
+def test_adaptive_gives_no_nuclei_on_nucleus_free_tissue():
+    # Eosin-and-DAB tissue without haematoxylin: Otsu alone would still split it.
+    from skimage.color import hed2rgb
+
+    rng = np.random.default_rng(0)
+    hed = np.zeros((64, 64, 3))
+    hed[..., 1] = 0.05 + 0.02 * rng.random((64, 64))
+    hed[..., 2] = 0.05 + 0.05 * rng.random((64, 64))
+    ihc = (np.clip(hed2rgb(hed), 0, 1) * 255).round().astype(np.uint8)
+    assert len(detect_nuclei(ihc, NucleiParams(mode="adaptive"))) == 0
+
+
+def test_bad_inputs_raise_tdkstain_error():
+    with pytest.raises(TdkstainError, match="mode"):
+        nuclei_mask(np.zeros((8, 8, 3), np.uint8), NucleiParams(mode="otsu"))
+    with pytest.raises(TdkstainError, match="backend"):
+        detect_nuclei(np.zeros((8, 8, 3), np.uint8), NucleiParams(backend="stardist"))
+    with pytest.raises(TdkstainError, match="uint8"):
+        nuclei_mask(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(TdkstainError, match=r"\(H, W, 3\)"):
+        nuclei_mask(np.zeros((8, 8), np.uint8))
+    with pytest.raises(TdkstainError, match="mpp"):
+        nuclei_mask(np.zeros((8, 8, 3), np.uint8), NucleiParams(mpp=0))
+
+
+# ---------------------------------------------------------------------------
+# Cellpose backend: error paths and pooling with a fake Cellpose
+# ---------------------------------------------------------------------------
+
+
+def test_cellpose_missing_package_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cellpose", None)  # import cellpose -> ImportError
+    ihc = _blob_tile([(20.0, 20.0)])
+    with pytest.raises(TdkstainError, match=r"pip install 'tdkstain\[cellpose\]'"):
+        detect_nuclei(ihc, NucleiParams(backend="cellpose"))
+
+
+class _FakeCellposeModel:
+    """Stands in for cellpose.models.CellposeModel: labels the image's connected components."""
+
+    created: list["_FakeCellposeModel"] = []
+
+    def __init__(self, gpu: bool = False, pretrained_model: str | None = None):
+        self.pretrained_model = pretrained_model
+        self.diam_mean = 30.0
+        self.calls: list[dict] = []
+        _FakeCellposeModel.created.append(self)
+
+    def eval(self, image, diameter=None, **kwargs):
+        self.calls.append({"diameter": diameter, "dtype": image.dtype, "shape": image.shape, **kwargs})
+        labels, _ = ndimage.label(image > 0)
+        return labels, [], []
+
+
+def _install_fake_cellpose(monkeypatch, version: str) -> None:
+    _FakeCellposeModel.created = []
+    package = types.ModuleType("cellpose")
+    package.__version__ = version
+    models = types.ModuleType("cellpose.models")
+    models.CellposeModel = _FakeCellposeModel
+    package.models = models
+    monkeypatch.setitem(sys.modules, "cellpose", package)
+    monkeypatch.setitem(sys.modules, "cellpose.models", models)
+
+
+@pytest.mark.parametrize("version, files", [("3.1.1", ["nucleitorch_0", "cyto2torch_0"]), ("4.0.4", ["cpsam"])])
+def test_cellpose_missing_weights_names_files_and_fix(monkeypatch, tmp_path, version, files):
+    _install_fake_cellpose(monkeypatch, version)
+    ihc = _blob_tile([(20.0, 20.0)])
+    with pytest.raises(TdkstainError) as raised:
+        detect_nuclei(ihc, NucleiParams(backend="cellpose", cellpose_model_dir=str(tmp_path)))
+    message = str(raised.value)
+    for name in files:
+        assert str(tmp_path / name) in message
+    assert "connected machine" in message
+    assert _FakeCellposeModel.created == []  # nothing loaded, nothing downloaded
+
+
+@pytest.mark.parametrize("version", ["3.1.1", "4.0.4"])
+def test_cellpose_pools_nuclei_and_cell_centroids(monkeypatch, tmp_path, version):
+    _install_fake_cellpose(monkeypatch, version)
+    for name in ["nucleitorch_0", "cyto2torch_0", "cpsam"]:
+        (tmp_path / name).write_bytes(b"weights")
+    nuclei_centres = [(16.0, 16.0), (16.0, 48.0), (48.0, 16.0)]
+    ihc = _blob_tile(nuclei_centres, radius=5.0)
+    dab = np.zeros((64, 64), np.uint8)
+    dab[12:21, 12:21] = 255  # a cell around the first nucleus: duplicate
+    dab[44:53, 44:53] = 255  # a cell whose nucleus the mask missed: new
+    params = NucleiParams(backend="cellpose", mode="release", cellpose_model_dir=str(tmp_path))
+    found = detect_nuclei(ihc, params, dab_mask=dab)
+
+    expected = np.array(nuclei_centres + [(48.0, 48.0)])
+    result = match_centroids(found, expected, radius=1.0)
+    assert (result.tp, result.fp, result.fn) == (4, 0, 0)
+    # The nucleus centroids come first, the new cell last.
+    np.testing.assert_allclose(found[-1], (48.0, 48.0))
+
+    nuclei_model, cell_model = _FakeCellposeModel.created
+    assert nuclei_model.calls[0]["diameter"] == pytest.approx(params.px(params.cellpose_nucleus_diameter_um))
+    assert cell_model.calls[0]["diameter"] == pytest.approx(params.px(params.cellpose_cell_diameter_um))
+    assert nuclei_model.calls[0]["dtype"] == np.uint8 and nuclei_model.calls[0]["shape"] == (64, 64)
+    if version.startswith("3"):
+        assert nuclei_model.pretrained_model == str(tmp_path / "nucleitorch_0")
+        assert cell_model.pretrained_model == str(tmp_path / "cyto2torch_0")
+        assert (nuclei_model.diam_mean, cell_model.diam_mean) == (17.0, 30.0)
+        assert nuclei_model.calls[0]["channels"] == [0, 0]
+    else:
+        assert nuclei_model.pretrained_model == str(tmp_path / "cpsam")
+        assert "channels" not in nuclei_model.calls[0]
+
+
+def test_cellpose_dab_mask_shape_is_checked(monkeypatch, tmp_path):
+    _install_fake_cellpose(monkeypatch, "3.1.1")
+    for name in ["nucleitorch_0", "cyto2torch_0"]:
+        (tmp_path / name).write_bytes(b"weights")
+    ihc = _blob_tile([(16.0, 16.0)])
+    with pytest.raises(TdkstainError, match="DAB mask"):
+        detect_nuclei(
+            ihc, NucleiParams(backend="cellpose", cellpose_model_dir=str(tmp_path)), dab_mask=np.zeros((8, 8))
+        )
