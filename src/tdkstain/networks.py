@@ -393,19 +393,21 @@ def create_networks(
 
     D sees ``input_nc + output_nc`` channels (the (H&E, IHC) pair); E sees the
     sum of G's tap channels. ``init_std`` None keeps PyTorch's default init.
-    ``generator_seed``, when given, seeds a private generator for the
-    initialisation so that it does not depend on the global RNG.
+    ``generator_seed``, when given, seeds a private random stream for
+    construction and initialisation: the weights then depend on the seed
+    only, and the global RNG is left as it was.
     """
-    generator = ResnetGenerator(input_nc, output_nc, ngf, n_downsampling, n_blocks, padding_type)
-    discriminator = MultiscaleDiscriminator(input_nc + output_nc, ndf, n_layers_D, num_D, get_intermediate_features)
-    estimator = NucleiDensityEstimator(sum(generator.tap_channels), nef, estimator_blocks, padding_type)
-    if init_std is not None:
-        if generator_seed is None:
+    def build() -> Networks:
+        generator = ResnetGenerator(input_nc, output_nc, ngf, n_downsampling, n_blocks, padding_type)
+        discriminator = MultiscaleDiscriminator(input_nc + output_nc, ndf, n_layers_D, num_D, get_intermediate_features)
+        estimator = NucleiDensityEstimator(sum(generator.tap_channels), nef, estimator_blocks, padding_type)
+        if init_std is not None:
             for net in (generator, discriminator, estimator):
                 init_weights(net, init_std)
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(generator_seed)
-                for net in (generator, discriminator, estimator):
-                    init_weights(net, init_std)
-    return Networks(generator, discriminator, estimator)
+        return Networks(generator, discriminator, estimator)
+
+    if generator_seed is None:
+        return build()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(generator_seed)
+        return build()
