@@ -205,7 +205,7 @@ def test_init_statistics():
     networks = create_networks(ngf=16, ndf=16, nef=16, n_blocks=2, estimator_blocks=1)
     for net in (networks.generator, networks.discriminator, networks.estimator):
         weights = torch.cat([m.weight.detach().flatten() for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))])
-        biases = [m.bias for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+        biases = [m.bias.detach() for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
         assert weights.numel() > 10_000
         assert abs(float(weights.std()) - 0.02) < 0.001
         assert abs(float(weights.mean())) < 0.001
