@@ -1,0 +1,449 @@
+"""Published weights: safetensors with a JSON model card, and the authors' ``.pth``.
+
+Our weights format ("tdkstain.weights/1") is a safetensors file whose
+metadata carries a model card: which network, its constructor kwargs, the
+value range it expects, the tile size and microns per pixel it was trained
+at, and the training config. Every metadata value is stored JSON-encoded
+(safetensors metadata is ``str -> str``), e.g.::
+
+    {"format": "tdkstain.weights/1", "network": "ResnetGenerator",
+     "kwargs": {"input_nc": 3, "output_nc": 3, "ngf": 64, ...},
+     "value_range": [-1, 1], "tile_size": 1024, "mpp": 0.5, "config": {...}}
+
+Loading never unpickles code: safetensors holds tensors only, and the
+authors' ``latest_net_G.pth`` is read with ``torch.load(weights_only=True)``,
+which refuses any pickle that names a Python callable.
+
+Full training state (optimisers, RNG, step counters) is the trainer's
+business (``tdkstain.training``); this module is what users ship and load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from tdkstain import __version__
+from tdkstain.atomic import atomic_path
+from tdkstain.errors import TdkstainError
+from tdkstain.networks import MultiscaleDiscriminator, NucleiDensityEstimator, ResnetGenerator
+
+__all__ = [
+    "WEIGHTS_FORMAT",
+    "NETWORKS",
+    "GENERATOR_WEIGHT_PLACES",
+    "save_weights",
+    "load_weights",
+    "model_card",
+    "save_network",
+    "load_network",
+    "load_generator",
+    "load_generator_with_card",
+    "load_official_generator",
+    "read_official_state_dict",
+    "infer_generator_kwargs",
+    "find_generator_weights",
+    "file_sha256",
+]
+
+WEIGHTS_FORMAT = "tdkstain.weights/1"
+
+# network name in a model card -> constructor. A literal registry: the names
+# are part of the file format, so renaming a class must not change them.
+NETWORKS: dict[str, type[nn.Module]] = {
+    "ResnetGenerator": ResnetGenerator,
+    "MultiscaleDiscriminator": MultiscaleDiscriminator,
+    "NucleiDensityEstimator": NucleiDensityEstimator,
+}
+
+# Where load_generator looks inside a run folder, first match wins. Our
+# exported weights first, then the authors' layout (checkpoints/NAME/).
+GENERATOR_WEIGHT_PLACES: tuple[str, ...] = (
+    "generator.safetensors",
+    "weights/generator.safetensors",
+    "best/generator.safetensors",
+    "checkpoints/latest/generator.safetensors",
+    "latest/generator.safetensors",
+    "latest_net_G.pth",
+)
+
+_SAFETENSORS_SUFFIXES = (".safetensors",)
+# How much of a key list an error message shows before "... and N more".
+_SHOW_KEYS = 6
+
+
+# --------------------------------------------------------------------------- our format
+
+
+def save_weights(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> Path:
+    """Write ``state_dict`` as safetensors with ``metadata`` as a JSON model card, atomically.
+
+    Tensors are moved to CPU and made contiguous (channels_last weights are
+    fine); tensors that share memory are copied, which safetensors requires.
+    Each metadata value must be JSON-serialisable; ``"format"`` defaults to
+    ``WEIGHTS_FORMAT``. Returns the final path.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    card = {"format": WEIGHTS_FORMAT, **dict(metadata)}
+    encoded: dict[str, str] = {}
+    for key, value in card.items():
+        try:
+            encoded[str(key)] = json.dumps(value, sort_keys=True)
+        except TypeError as err:
+            raise TdkstainError(f"{path}: model card entry {key!r} is not JSON-serialisable ({err})") from err
+
+    tensors: dict[str, torch.Tensor] = {}
+    seen_storages: set[int] = set()
+    for key, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise TdkstainError(f"{path}: state_dict entry {key!r} is a {type(tensor).__name__}, not a tensor")
+        tensor = tensor.detach().to("cpu").contiguous()
+        storage = tensor.untyped_storage().data_ptr()
+        if storage in seen_storages:
+            tensor = tensor.clone()
+        else:
+            seen_storages.add(storage)
+        tensors[key] = tensor
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=encoded)
+    return path
+
+
+def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a safetensors file: ``(state_dict on CPU, metadata)``.
+
+    Metadata values are JSON-decoded (a value that is not JSON, as written by
+    other tools, is returned as the plain string). A safetensors file without
+    metadata gives ``{}``.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise TdkstainError(f"{path}: no such weights file")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            raw_meta = f.metadata() or {}
+            state_dict = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as err:  # safetensors raises its own error types and OSError
+        raise TdkstainError(
+            f"{path}: not a readable safetensors file ({type(err).__name__}: {err}). "
+            "Export weights with 'tdkstain import-checkpoint' or the trainer."
+        ) from err
+    metadata: dict[str, Any] = {}
+    for key, value in raw_meta.items():
+        try:
+            metadata[key] = json.loads(value)
+        except (json.JSONDecodeError, TypeError):
+            metadata[key] = value
+    return state_dict, metadata
+
+
+def model_card(
+    network: nn.Module,
+    *,
+    tile_size: int | None = None,
+    mpp: float | None = None,
+    config: Mapping[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The metadata that travels with a network's weights.
+
+    ``network`` must be one of :data:`NETWORKS` (it knows its
+    ``init_kwargs``). ``tile_size``: training tile side in pixels;
+    ``mpp``: microns per pixel of the training images (None when unknown);
+    ``config``: the resolved training config; ``extra``: any further
+    JSON-serialisable entries (e.g. ``source``).
+    """
+    name = type(network).__name__
+    if name not in NETWORKS:
+        raise TypeError(f"model_card: unknown network class {name}; expected one of {sorted(NETWORKS)}")
+    return {
+        "format": WEIGHTS_FORMAT,
+        "network": name,
+        "kwargs": dict(network.init_kwargs),
+        "value_range": [-1, 1],
+        "tile_size": tile_size,
+        "mpp": mpp,
+        "config": dict(config) if config is not None else {},
+        "tdkstain_version": __version__,
+        **extra,
+    }
+
+
+def save_network(
+    path: str | os.PathLike,
+    network: nn.Module,
+    *,
+    tile_size: int | None = None,
+    mpp: float | None = None,
+    config: Mapping[str, Any] | None = None,
+    **extra: Any,
+) -> Path:
+    """``save_weights`` of ``network.state_dict()`` with its :func:`model_card`."""
+    card = model_card(network, tile_size=tile_size, mpp=mpp, config=config, **extra)
+    return save_weights(path, network.state_dict(), card)
+
+
+def _brief(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_SHOW_KEYS])
+    return shown + (f" ... and {len(keys) - _SHOW_KEYS} more" if len(keys) > _SHOW_KEYS else "")
+
+
+def _load_strict(network: nn.Module, state_dict: Mapping[str, torch.Tensor], path: Path, what: str) -> None:
+    """``load_state_dict`` with an error that names the file and the differences briefly."""
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong_shape = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or wrong_shape:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_brief(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_brief(unexpected)}")
+        if wrong_shape:
+            parts.append(f"wrong shapes (file vs expected): {_brief(wrong_shape)}")
+        raise TdkstainError(f"{path}: does not hold {what}; " + "; ".join(parts))
+    network.load_state_dict(state_dict, strict=True)
+
+
+def load_network(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Build the network a tdkstain safetensors file describes and load its weights (eval mode).
+
+    Returns ``(network, metadata)``.
+    """
+    path = Path(path)
+    state_dict, metadata = load_weights(path)
+    name = metadata.get("network")
+    if name not in NETWORKS or not isinstance(metadata.get("kwargs"), dict):
+        raise TdkstainError(
+            f"{path}: no tdkstain model card (metadata 'network' = {name!r}); "
+            f"expected one of {sorted(NETWORKS)} with its 'kwargs'"
+        )
+    try:
+        network = NETWORKS[name](**metadata["kwargs"])
+    except (TypeError, ValueError) as err:
+        raise TdkstainError(f"{path}: model card kwargs do not build a {name}: {err}") from err
+    _load_strict(network, state_dict, path, f"a {name} with {metadata['kwargs']}")
+    return network.to(map_location).eval(), metadata
+
+
+# --------------------------------------------------------------------------- the authors' .pth
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _unpickler_reason(err: Exception) -> str:
+    """The one informative clause of torch's weights_only refusal (it names the forbidden global)."""
+    text = str(err)
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if match:
+        return f"it names {match.group(1)}, which is neither a tensor nor a plain container"
+    match = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+    if match:
+        return match.group(1).strip()[:200]
+    return type(err).__name__
+
+
+def read_official_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a PyTorch checkpoint, read without running code from it.
+
+    ``torch.load(weights_only=True)`` only rebuilds tensors and plain
+    containers; a pickle that names any other callable is refused with a
+    TdkstainError. A ``module.`` prefix (DataParallel saves) is stripped. A
+    dict that wraps the state_dict under ``state_dict`` / ``generator`` /
+    ``netG`` / ``model`` is unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TdkstainError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise TdkstainError(
+            f"{path}: refused to load: the file is not a plain tensor checkpoint, it asks to run or build "
+            f"Python objects ({_unpickler_reason(err)}). Only state_dicts saved with torch.save(net.state_dict()) "
+            "are accepted; loading this file without that check could execute code."
+        ) from err
+    except Exception as err:  # truncated zip, not a torch file at all, ...
+        raise TdkstainError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
+
+    if not _is_state_dict(obj) and isinstance(obj, Mapping):
+        for key in ("state_dict", "generator", "netG", "model"):
+            if _is_state_dict(obj.get(key)):
+                obj = obj[key]
+                break
+    if not _is_state_dict(obj):
+        raise TdkstainError(
+            f"{path}: holds a {type(obj).__name__}, not a state_dict of tensors "
+            "(expected the release's latest_net_G.pth, saved with torch.save(net.state_dict()))"
+        )
+    state_dict = dict(obj)
+    if all(k.startswith("module.") for k in state_dict):
+        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def infer_generator_kwargs(state_dict: Mapping[str, torch.Tensor], source: str | os.PathLike) -> dict[str, Any]:
+    """ResnetGenerator kwargs that a state_dict's keys and shapes imply.
+
+    ``input_nc`` and ``ngf`` from the first 7x7 conv (``model.1``), the
+    number of downsampling stages from the stride-2 convs that double the
+    channels (``model.4``, ``model.7``, ...), ``n_blocks`` from the
+    ``conv_block`` keys, ``output_nc`` from the last conv. The padding type
+    cannot be told apart between reflect and replicate from keys; the
+    release's reflect is assumed (zero padding shifts the keys and is
+    detected). ``source`` names the file in errors.
+    """
+    first = state_dict.get("model.1.weight")
+    if first is None or first.ndim != 4 or tuple(first.shape[2:]) != (7, 7):
+        guess = ""
+        if any(k.startswith("layer0.") for k in state_dict):
+            guess = " It looks like a discriminator checkpoint (keys 'layer0.*', e.g. latest_net_D.pth)."
+        elif "model.0.weight" in state_dict:
+            guess = " It looks like the nuclei density estimator (key 'model.0.weight', e.g. latest_net_E.pth)."
+        raise TdkstainError(
+            f"{source}: not a ResnetGenerator checkpoint: no 7x7 first conv 'model.1.weight' "
+            f"(keys start: {_brief(list(state_dict))}).{guess} Pass the generator, latest_net_G.pth."
+        )
+    ngf, input_nc = int(first.shape[0]), int(first.shape[1])
+
+    n_downsampling = 0
+    index = 4
+    while True:
+        w = state_dict.get(f"model.{index}.weight")
+        c_in, c_out = ngf * 2**n_downsampling, ngf * 2 ** (n_downsampling + 1)
+        if w is None or tuple(w.shape) != (c_out, c_in, 3, 3):
+            break
+        n_downsampling += 1
+        index += 3
+    if n_downsampling == 0:
+        raise TdkstainError(f"{source}: not a ResnetGenerator checkpoint: no downsampling conv 'model.4.weight' of shape ({2 * ngf}, {ngf}, 3, 3)")
+
+    first_block = index
+    padding_type = "zero" if f"model.{first_block}.conv_block.0.weight" in state_dict else "reflect"
+    n_blocks = 0
+    while any(k.startswith(f"model.{index}.conv_block.") for k in state_dict):
+        n_blocks += 1
+        index += 1
+    last_conv = index + 3 * n_downsampling + 1  # upsampling stages, then the reflect pad
+    last = state_dict.get(f"model.{last_conv}.weight")
+    if last is None or last.ndim != 4:
+        raise TdkstainError(
+            f"{source}: not a ResnetGenerator checkpoint: expected the last 7x7 conv at 'model.{last_conv}.weight' "
+            f"after {n_downsampling} downsamplings and {n_blocks} residual blocks"
+        )
+    return dict(
+        input_nc=input_nc,
+        output_nc=int(last.shape[0]),
+        ngf=ngf,
+        n_downsampling=n_downsampling,
+        n_blocks=n_blocks,
+        padding_type=padding_type,
+    )
+
+
+def load_official_generator(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> ResnetGenerator:
+    """The authors' ``latest_net_G.pth`` as our :class:`ResnetGenerator` (eval mode).
+
+    Sizes are inferred from the keys (:func:`infer_generator_kwargs`); a file
+    that is not a generator (a discriminator, an estimator, another
+    architecture) raises TdkstainError naming the file and the key differences.
+    """
+    path = Path(path)
+    state_dict = read_official_state_dict(path)
+    kwargs = infer_generator_kwargs(state_dict, path)
+    generator = ResnetGenerator(**kwargs)
+    _load_strict(generator, state_dict, path, f"a ResnetGenerator with {kwargs}")
+    return generator.to(map_location).eval()
+
+
+# --------------------------------------------------------------------------- generators, any source
+
+
+def find_generator_weights(run_dir: str | os.PathLike) -> Path:
+    """The generator weights inside a run folder.
+
+    Looks, in order, at ``RUN/`` + each of :data:`GENERATOR_WEIGHT_PLACES`:
+    ``generator.safetensors``, ``weights/generator.safetensors``,
+    ``best/generator.safetensors``, ``checkpoints/latest/generator.safetensors``,
+    ``latest/generator.safetensors``, and the release's ``latest_net_G.pth``
+    (pass its ``checkpoints/NAME`` folder).
+    """
+    run_dir = Path(run_dir)
+    for place in GENERATOR_WEIGHT_PLACES:
+        candidate = run_dir / place
+        if candidate.is_file():
+            return candidate
+    raise TdkstainError(
+        f"{run_dir}: no generator weights found; looked for {', '.join(GENERATOR_WEIGHT_PLACES)}. "
+        "Pass the weights file itself, or a run folder written by 'tdkstain train'."
+    )
+
+
+def load_generator_with_card(
+    path_or_run_dir: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[ResnetGenerator, dict[str, Any]]:
+    """A generator (eval mode) and its model card, from any source :func:`load_generator` accepts.
+
+    For a ``.pth`` or a safetensors file without a card, the card is built
+    from the inferred kwargs with ``tile_size`` and ``mpp`` None.
+    """
+    path = Path(path_or_run_dir)
+    if path.is_dir():
+        path = find_generator_weights(path)
+    if not path.is_file():
+        raise TdkstainError(f"{path}: no such weights file or run folder")
+
+    if path.suffix.lower() in _SAFETENSORS_SUFFIXES:
+        state_dict, metadata = load_weights(path)
+        network = metadata.get("network")
+        if network is not None and network != "ResnetGenerator":
+            raise TdkstainError(f"{path}: holds a {network}, not a generator (ResnetGenerator)")
+        kwargs = metadata.get("kwargs") if isinstance(metadata.get("kwargs"), dict) else None
+        if kwargs is None:  # plain safetensors of a generator state_dict, e.g. converted elsewhere
+            kwargs = infer_generator_kwargs(state_dict, path)
+        try:
+            generator = ResnetGenerator(**kwargs)
+        except (TypeError, ValueError) as err:
+            raise TdkstainError(f"{path}: model card kwargs do not build a ResnetGenerator: {err}") from err
+        _load_strict(generator, state_dict, path, f"a ResnetGenerator with {kwargs}")
+        card = {**model_card(generator), **metadata} if metadata else model_card(generator, source={"file": path.name})
+        return generator.to(map_location).eval(), card
+
+    generator = load_official_generator(path, map_location)
+    card = model_card(generator, source={"file": path.name, "kind": "authors' release checkpoint (.pth)"})
+    return generator, card
+
+
+def load_generator(path_or_run_dir: str | os.PathLike, map_location: str | torch.device = "cpu") -> ResnetGenerator:
+    """A ready generator (eval mode) from our safetensors, a run folder, or the authors' ``.pth``.
+
+    Run folders are searched as :func:`find_generator_weights` documents.
+    """
+    return load_generator_with_card(path_or_run_dir, map_location)[0]
