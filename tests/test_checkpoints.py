@@ -175,7 +175,7 @@ def test_wrong_architecture_checkpoint_names_the_file(tmp_path):
 
 def test_dataparallel_prefix_and_wrapped_state_dict(tmp_path):
     generator = tiny_generator(n_downsampling=2, output_nc=1, n_blocks=3)
-    prefixed = {f"module.{k}": v for k, v in generator.state_dict().items()}
+    prefixed = {f"module._orig_mod.{k}": v for k, v in generator.state_dict().items()}
     torch.save({"generator": prefixed, "epoch": 3}, tmp_path / "g.pth")
     loaded = load_official_generator(tmp_path / "g.pth")
     assert loaded.init_kwargs == generator.init_kwargs
@@ -255,7 +255,19 @@ def test_bad_files_raise_clear_errors(tmp_path):
 
 def test_find_generator_weights_order(tmp_path):
     generator = tiny_generator(n_blocks=1)
-    save_network(tmp_path / "checkpoints" / "latest" / "generator.safetensors", generator)
-    assert find_generator_weights(tmp_path) == tmp_path / "checkpoints" / "latest" / "generator.safetensors"
+    torch.save(generator.state_dict(), tmp_path / "latest_net_G.pth")
+    assert find_generator_weights(tmp_path) == tmp_path / "latest_net_G.pth"
+    save_network(tmp_path / "weights" / "generator_best.safetensors", generator)
+    assert find_generator_weights(tmp_path) == tmp_path / "weights" / "generator_best.safetensors"
+    # The trainer's latest weights win over best (pass the file to get best).
     save_network(tmp_path / "weights" / "generator.safetensors", generator)
     assert find_generator_weights(tmp_path) == tmp_path / "weights" / "generator.safetensors"
+
+
+def test_generator_from_training_checkpoint_layout(tmp_path):
+    # tdkstain.training checkpoints keep the generator under networks.generator, tensors and builtins only.
+    generator = tiny_generator(n_blocks=1)
+    payload = {"format": "x", "step": 5, "networks": {"generator": generator.state_dict(), "estimator": {}}}
+    torch.save(payload, tmp_path / "step_00000005.pt")
+    loaded = load_generator(tmp_path / "step_00000005.pt")
+    assert loaded.init_kwargs == generator.init_kwargs

@@ -64,14 +64,15 @@ NETWORKS: dict[str, type[nn.Module]] = {
     "NucleiDensityEstimator": NucleiDensityEstimator,
 }
 
-# Where load_generator looks inside a run folder, first match wins. Our
-# exported weights first, then the authors' layout (checkpoints/NAME/).
+# Where load_generator looks inside a run folder, first match wins: the
+# trainer's latest then best generator (tdkstain.training writes
+# RUN/weights/generator.safetensors and generator_best.safetensors), a folder
+# that holds exported weights directly, and the authors' layout
+# (checkpoints/NAME/latest_net_G.pth).
 GENERATOR_WEIGHT_PLACES: tuple[str, ...] = (
-    "generator.safetensors",
     "weights/generator.safetensors",
-    "best/generator.safetensors",
-    "checkpoints/latest/generator.safetensors",
-    "latest/generator.safetensors",
+    "weights/generator_best.safetensors",
+    "generator.safetensors",
     "latest_net_G.pth",
 )
 
@@ -229,6 +230,7 @@ def load_network(path: str | os.PathLike, map_location: str | torch.device = "cp
     """
     path = Path(path)
     state_dict, metadata = load_weights(path)
+    state_dict = _strip_wrapper_prefixes(state_dict)
     name = metadata.get("network")
     if name not in NETWORKS or not isinstance(metadata.get("kwargs"), dict):
         raise TdkstainError(
@@ -258,6 +260,19 @@ def _is_state_dict(obj: Any) -> bool:
     return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
+def _strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the prefixes wrappers add to every key: DataParallel / DistributedDataParallel
+    save under ``module.``, torch.compile under ``_orig_mod.``."""
+    stripped = True
+    while stripped and state_dict:
+        stripped = False
+        for prefix in ("module.", "_orig_mod."):
+            if all(k.startswith(prefix) for k in state_dict):
+                state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
+                stripped = True
+    return state_dict
+
+
 def _unpickler_reason(err: Exception) -> str:
     """The one informative clause of torch's weights_only refusal (it names the forbidden global)."""
     text = str(err)
@@ -275,9 +290,11 @@ def read_official_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
 
     ``torch.load(weights_only=True)`` only rebuilds tensors and plain
     containers; a pickle that names any other callable is refused with a
-    TdkstainError. A ``module.`` prefix (DataParallel saves) is stripped. A
-    dict that wraps the state_dict under ``state_dict`` / ``generator`` /
-    ``netG`` / ``model`` is unwrapped.
+    TdkstainError. A ``module.`` prefix (DataParallel saves) or
+    ``_orig_mod.`` (torch.compile) is stripped. A
+    dict that wraps the state_dict under ``networks.generator`` (our
+    training checkpoints), ``state_dict``, ``generator``, ``netG`` or
+    ``model`` is unwrapped.
     """
     path = Path(path)
     if not path.is_file():
@@ -294,19 +311,22 @@ def read_official_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
         raise TdkstainError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
 
     if not _is_state_dict(obj) and isinstance(obj, Mapping):
-        for key in ("state_dict", "generator", "netG", "model"):
-            if _is_state_dict(obj.get(key)):
-                obj = obj[key]
+        # Wrapped state_dicts: common training-script layouts, and our own
+        # training checkpoints (RUN/checkpoints/step_*.pt: networks.generator).
+        networks = obj.get("networks")
+        candidates = [obj.get(key) for key in ("state_dict", "generator", "netG", "model")]
+        if isinstance(networks, Mapping):
+            candidates.insert(0, networks.get("generator"))
+        for candidate in candidates:
+            if _is_state_dict(candidate):
+                obj = candidate
                 break
     if not _is_state_dict(obj):
         raise TdkstainError(
             f"{path}: holds a {type(obj).__name__}, not a state_dict of tensors "
             "(expected the release's latest_net_G.pth, saved with torch.save(net.state_dict()))"
         )
-    state_dict = dict(obj)
-    if all(k.startswith("module.") for k in state_dict):
-        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
-    return state_dict
+    return _strip_wrapper_prefixes(dict(obj))
 
 
 def infer_generator_kwargs(state_dict: Mapping[str, torch.Tensor], source: str | os.PathLike) -> dict[str, Any]:
@@ -390,10 +410,11 @@ def find_generator_weights(run_dir: str | os.PathLike) -> Path:
     """The generator weights inside a run folder.
 
     Looks, in order, at ``RUN/`` + each of :data:`GENERATOR_WEIGHT_PLACES`:
-    ``generator.safetensors``, ``weights/generator.safetensors``,
-    ``best/generator.safetensors``, ``checkpoints/latest/generator.safetensors``,
-    ``latest/generator.safetensors``, and the release's ``latest_net_G.pth``
-    (pass its ``checkpoints/NAME`` folder).
+    ``weights/generator.safetensors`` (the trainer's latest),
+    ``weights/generator_best.safetensors`` (best by validation),
+    ``generator.safetensors``, and the release's ``latest_net_G.pth`` (pass
+    its ``checkpoints/NAME`` folder). To pick the best weights of a run that
+    has both, pass the file itself.
     """
     run_dir = Path(run_dir)
     for place in GENERATOR_WEIGHT_PLACES:
@@ -422,6 +443,7 @@ def load_generator_with_card(
 
     if path.suffix.lower() in _SAFETENSORS_SUFFIXES:
         state_dict, metadata = load_weights(path)
+        state_dict = _strip_wrapper_prefixes(state_dict)
         network = metadata.get("network")
         if network is not None and network != "ResnetGenerator":
             raise TdkstainError(f"{path}: holds a {network}, not a generator (ResnetGenerator)")
