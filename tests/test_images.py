@@ -331,10 +331,24 @@ def test_any_bytes_give_an_rgb_array_or_a_tdkstain_error(tmp_path, data):
     path.write_bytes(data)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ImageConversionWarning)
+            warnings.simplefilter("ignore")  # ours and Pillow's "corrupt EXIF" alike
             out = read_rgb(path)
     except TdkstainError as err:
         assert "random.png" in str(err)
     else:
         assert isinstance(out, np.ndarray) and out.dtype == np.uint8
         assert out.ndim == 3 and out.shape[2] == 3 and out.shape[0] > 0 and out.shape[1] > 0
+
+
+def test_tiff_with_associated_alpha_is_composited_over_white(tmp_path):
+    colour = RNG.integers(0, 256, (8, 9, 3)).astype(np.float64)
+    alpha = RNG.integers(0, 256, (8, 9)).astype(np.float64)
+    premultiplied = np.rint(colour * alpha[:, :, None] / 255.0)
+    stored = np.dstack([premultiplied, alpha]).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "assoc.tif", stored, photometric="rgb", extrasamples=["assocalpha"])
+    with pytest.warns(ImageConversionWarning, match="white"):
+        out = read_rgb(tmp_path / "assoc.tif")
+    # Premultiplied colour over white: c' + (1 - a) * 255. Un-premultiplying in
+    # integers on the way costs at most one level.
+    expected = premultiplied + (255.0 - alpha[:, :, None])
+    assert np.abs(out.astype(np.float64) - expected).max() <= 1.0

@@ -121,26 +121,6 @@ def read_rgb_with_notes(
     return rgb, list(dict.fromkeys(notes))
 
 
-def _rgb_from_stored(data: np.ndarray, path: Path, notes: list[str]) -> np.ndarray:
-    if data.ndim == 2:
-        return np.repeat(_to_uint8(data, path, notes)[:, :, None], 3, axis=2)
-    channels = data.shape[2]
-    if channels == 1:
-        return np.repeat(_to_uint8(data[:, :, 0], path, notes)[:, :, None], 3, axis=2)
-    if channels == 3:
-        return _to_uint8(data, path, notes)
-    if channels in (2, 4):
-        colour, alpha = data[:, :, :-1], data[:, :, -1]
-        rgb = _composite_over_white(colour, alpha, path, notes)
-        if rgb.shape[2] == 1:
-            rgb = np.repeat(rgb, 3, axis=2)
-        return rgb
-    raise TdkstainError(
-        f"{path}: has {channels} channels per pixel; tdkstain reads grey, grey+alpha, RGB or RGBA images. "
-        "Export the file as an RGB PNG or TIFF."
-    )
-
-
 def read_gray(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read a single-channel image (a mask or an 8-bit map).
 
@@ -362,11 +342,19 @@ def _load_tiff(path: Path, max_pixels: int, notes: list[str]) -> np.ndarray | No
                 return None
             if page.imagelength * page.imagewidth > max_pixels:
                 raise _too_large(path, page.imagelength, page.imagewidth, max_pixels)
+            # Samples and bit depth multiply the pixel count: cap the decoded
+            # bytes at what max_pixels of 16-bit RGBA would take.
+            if page.nbytes > 8 * max_pixels:
+                raise TdkstainError(
+                    f"{path}: decoding would take {page.nbytes:,} bytes ({page.samplesperpixel} samples of "
+                    f"{page.dtype}), more than 8 bytes per pixel of the limit of {max_pixels:,} pixels; "
+                    "raise max_pixels (--max-pixels) if the image is genuine."
+                )
             array = page.asarray()
             axes = page.axes
             n_pages = len(tif.pages)
             extrasamples = tuple(int(e) for e in page.extrasamples)
-    except TdkstainError:
+    except (TdkstainError, MemoryError):
         raise
     except Exception:  # noqa: BLE001 - e.g. a codec that needs imagecodecs; Pillow may still decode it
         return None
@@ -388,6 +376,26 @@ def _load_tiff(path: Path, max_pixels: int, notes: list[str]) -> np.ndarray | No
         # every alpha path below sees straight colour.
         array = _unpremultiply(array)
     return array
+
+
+def _rgb_from_stored(data: np.ndarray, path: Path, notes: list[str]) -> np.ndarray:
+    if data.ndim == 2:
+        return np.repeat(_to_uint8(data, path, notes)[:, :, None], 3, axis=2)
+    channels = data.shape[2]
+    if channels == 1:
+        return np.repeat(_to_uint8(data[:, :, 0], path, notes)[:, :, None], 3, axis=2)
+    if channels == 3:
+        return _to_uint8(data, path, notes)
+    if channels in (2, 4):
+        colour, alpha = data[:, :, :-1], data[:, :, -1]
+        rgb = _composite_over_white(colour, alpha, path, notes)
+        if rgb.shape[2] == 1:
+            rgb = np.repeat(rgb, 3, axis=2)
+        return rgb
+    raise TdkstainError(
+        f"{path}: has {channels} channels per pixel; tdkstain reads grey, grey+alpha, RGB or RGBA images. "
+        "Export the file as an RGB PNG or TIFF."
+    )
 
 
 def _unpremultiply(array: np.ndarray) -> np.ndarray:
@@ -417,6 +425,8 @@ def _load_pillow(path: Path, max_pixels: int, notes: list[str]) -> np.ndarray:
                     img.load()
             else:
                 img.load()
+        except MemoryError:
+            raise
         except Exception as err:  # noqa: BLE001
             reason = str(err) or type(err).__name__
             raise TdkstainError(

@@ -44,6 +44,7 @@ __all__ = [
     "KnowledgePaths",
     "Layout",
     "Pair",
+    "PROBLEM_KINDS",
     "Problem",
     "check_dataset",
     "detect_layout",
@@ -238,8 +239,9 @@ def detect_layout(root: str | os.PathLike, *, manifest: str | os.PathLike | None
             the layouts tdkstain reads and the folders it saw.
     """
     root = Path(root)
-    if manifest is None and root.suffix.lower() == ".csv" and root.is_file():
-        manifest, root = root, root.parent
+    if root.suffix.lower() == ".csv" and root.is_file():
+        # The CSV itself was named: its folder is the dataset root.
+        manifest, root = (root if manifest is None else manifest), root.parent
     if manifest is not None:
         manifest = _locate_manifest(Path(manifest), root)
         splits = sorted({row["split"] for row in _read_manifest_rows(manifest)[1]})
@@ -353,7 +355,8 @@ def check_dataset(
     n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
     from tqdm import tqdm
 
-    with ThreadPoolExecutor(max_workers=max(1, n_workers)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, n_workers))
+    try:
         futures = [pool.submit(decode, f) for f in files]
         bar = tqdm(
             as_completed(futures),
@@ -370,6 +373,9 @@ def check_dataset(
             else:
                 shapes[path] = shape
                 notes.extend((path, n) for n in file_notes)
+    finally:
+        # On Ctrl-C, drop the queued files instead of decoding them all first.
+        pool.shutdown(wait=True, cancel_futures=True)
 
     for path in files:
         if path in unreadable:
