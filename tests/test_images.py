@@ -352,3 +352,14 @@ def test_tiff_with_associated_alpha_is_composited_over_white(tmp_path):
     # integers on the way costs at most one level.
     expected = premultiplied + (255.0 - alpha[:, :, None])
     assert np.abs(out.astype(np.float64) - expected).max() <= 1.0
+
+
+def test_real_svs_reads_through_the_pillow_fallback(shared_dir):
+    # JPEG-compressed TIFF tiles: tifffile needs imagecodecs for them, Pillow does not.
+    path = shared_dir / "data" / "he_cmu_small_region.svs"
+    if not path.exists():
+        pytest.skip(f"{path} missing")
+    with pytest.warns(ImageConversionWarning, match=r"first of \d+ TIFF pages"):  # thumbnail, label, macro
+        out = read_rgb(path)
+    assert out.shape == (2967, 2220, 3) and out.dtype == np.uint8
+    assert 150 < out.mean() < 250  # mostly pale H&E and glass, not a black failed decode

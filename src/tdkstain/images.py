@@ -421,8 +421,11 @@ def _load_pillow(path: Path, max_pixels: int, notes: list[str]) -> np.ndarray:
         rawmode = _pillow_rawmode(img)
         try:
             if img.format == "TIFF":
-                with _pillow_limit_lifted():  # Pillow's TIFF reader checks the limit again in load()
+                with _pillow_limit_lifted():  # Pillow's TIFF reader checks the limit again in seek() and load()
+                    n_pages = getattr(img, "n_frames", 1)
                     img.load()
+                if n_pages > 1:
+                    notes.append(f"only the first of {n_pages} TIFF pages was read")
             else:
                 img.load()
         except MemoryError:
