@@ -16,6 +16,7 @@ The defaults below are the paper's configuration as released by the authors
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -205,11 +206,25 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return f"{source}: invalid config:\n  " + "\n  ".join(lines)
 
 
+# YAML 1.1 (PyYAML) reads 1e-4 as a string: it wants 1.0e-4. Users write 1e-4.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _fix_floats(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _fix_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fix_floats(v) for v in value]
+    if isinstance(value, str) and _EXPONENT_FLOAT.match(value.strip()):
+        return float(value)
+    return value
+
+
 def build_config(data: dict[str, Any] | None, overrides: list[str] = (), source: str = "config") -> Config:
     """Validate a nested dict (from YAML) after applying dotted overrides."""
-    data = dict(data or {})
-    if not isinstance(data, dict):
+    if not isinstance(data, (dict, type(None))):
         raise TdkstainError(f"{source}: a config is a mapping of sections, got {type(data).__name__}")
+    data = dict(data or {})
     for text in overrides:
         path, value = parse_override(text)
         node = data
@@ -224,7 +239,7 @@ def build_config(data: dict[str, Any] | None, overrides: list[str] = (), source:
             node = child
         node[path[-1]] = value
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(_fix_floats(data))
     except ValidationError as err:
         raise TdkstainError(_format_errors(err, source)) from None
 
