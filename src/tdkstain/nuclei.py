@@ -40,6 +40,7 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
+from tdkstain import stain
 from tdkstain.errors import TdkstainError
 
 __all__ = [
@@ -91,21 +92,26 @@ class NucleiParams:
     # otherwise be "whitened" from its darkest tissue).
     white_percentile: float = 99.0
     white_min: float = 150.0  # 0..255; white points darker than this are not corrected
-    # Tissue: summed RGB optical density above this after white balance. Glass
-    # is ~0.0-0.1; the lightest stroma is ~0.2 and up (Macenko et al. 2009 use
-    # 0.15 per channel to drop background).
-    tissue_od_min: float = 0.2
-    # Haematoxylin OD floor (rgb2hed units): the Otsu threshold is never
-    # allowed below it, so a tile whose tissue holds no nuclei gives no mask.
-    # Nuclei in real 20x IHC sit at 0.03-0.10 (ihc_skimage_colon.png: 90th
-    # percentile 0.04, 99th 0.06); glass and DAB-only membrane sit below 0.01.
-    hematoxylin_od_floor: float = 0.012
+    # Tissue: summed RGB optical density (natural log, after white balance)
+    # above this. Glass is 0 +- sensor noise (~0.02 once smoothed); the
+    # palest IHC stroma (haematoxylin ~0.004, DAB ~0.002 rgb2hed units) sums
+    # to ~0.13. The threshold keeps Otsu away from the glass/tissue split
+    # that makes the release mask "go wild" on tiles with little tissue.
+    tissue_od_min: float = 0.08
+    # Haematoxylin OD floor (rgb2hed units): the threshold is never allowed
+    # below it, so a tile whose tissue holds no nuclei gives no mask. Nuclei
+    # in real 20x IHC sit at 0.03-0.10 (ihc_skimage_colon.png: 90th
+    # percentile 0.04, 99th 0.06) and pale, weakly counterstained nuclei at
+    # 0.013 and up (synth: 0.085 x 0.45 x 0.35); glass and DAB-only
+    # membrane sit below 0.005.
+    hematoxylin_od_floor: float = 0.01
     smooth_um: float = 0.5  # Gaussian sigma before thresholding: JPEG blocks and noise
     dilation_um: float = 0.0  # no dilation: it merges touching nuclei
 
     # --- classical instances ---
-    # Two nuclei centres are at least a small nucleus radius apart.
-    peak_min_distance_um: float = 2.5
+    # A seed must rise this far (distance to the mask edge, in microns) above
+    # the saddle that joins it to a higher seed.
+    peak_prominence_um: float = 0.75
     # Weight of haematoxylin intensity (0..1 rescaled) added to the distance
     # transform before peak finding: dark chromatin centres break ties
     # between the lobes of touching nuclei.
@@ -177,11 +183,10 @@ def hematoxylin_od(ihc: np.ndarray) -> np.ndarray:
     """Haematoxylin optical density of an IHC tile, as the release computes it.
 
     ihc: (H, W, 3) uint8 RGB. Returns (H, W) float64 >= 0, the first channel of
-    ``skimage.color.rgb2hed`` (Ruifrok & Johnston 2001 stain vectors).
+    ``skimage.color.rgb2hed`` (Ruifrok & Johnston 2001 stain vectors), via
+    ``tdkstain.stain`` (bit-identical to scikit-image).
     """
-    from skimage.color import rgb2hed
-
-    return rgb2hed(_check_ihc(ihc))[..., 0].astype(np.float64)
+    return stain.hematoxylin_od(_check_ihc(ihc))
 
 
 def _white_balanced_hematoxylin(ihc: np.ndarray, params: NucleiParams) -> tuple[np.ndarray, np.ndarray]:
@@ -189,16 +194,13 @@ def _white_balanced_hematoxylin(ihc: np.ndarray, params: NucleiParams) -> tuple[
 
     Returns ((H, W) float64 haematoxylin OD, (H, W) float64 summed OD).
     """
-    from skimage.color import rgb2hed
-
     rgb = _check_ihc(ihc).astype(np.float64)
     white = np.percentile(rgb.reshape(-1, 3), params.white_percentile, axis=0)
     # A dark white point means the tile has no glass: nothing to calibrate on.
     white = np.where(white >= params.white_min, white, 255.0)
     balanced = np.clip(rgb * (255.0 / white), 1.0, 255.0)
     od = -np.log(balanced / 255.0)
-    # rgb2hed works on floats in [0, 1] the same way as on uint8.
-    hematoxylin = rgb2hed(balanced / 255.0)[..., 0]
+    hematoxylin = stain.hematoxylin_od(balanced / 255.0)
     return hematoxylin, od.sum(axis=2)
 
 
@@ -307,8 +309,8 @@ def nuclei_mask(ihc: np.ndarray, params: NucleiParams | None = None) -> np.ndarr
 
 def _classical_instances(ihc: np.ndarray, mask: np.ndarray, params: NucleiParams) -> np.ndarray:
     """Split the mask into nuclei: (H, W) int32 labels, 0 = background."""
-    from skimage.feature import peak_local_max
     from skimage.filters import gaussian
+    from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
     if not mask.any():
@@ -324,20 +326,18 @@ def _classical_instances(ihc: np.ndarray, mask: np.ndarray, params: NucleiParams
     relief = distance + params.px(params.intensity_weight_um) * darkness
     relief = gaussian(relief, sigma=max(params.px(0.5), 0.5), preserve_range=True) * mask
 
-    min_distance = max(1, int(round(params.px(params.peak_min_distance_um))))
-    peaks = peak_local_max(
-        relief,
-        min_distance=min_distance,
-        labels=components,
-        exclude_border=False,
-        threshold_abs=0.5,
-    )
-    markers = np.zeros(mask.shape, np.int32)
-    markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1, dtype=np.int32)
+    # Seeds: regional maxima of the relief whose dynamic (height above the
+    # saddle to a higher maximum) is at least ``peak_prominence_um``. Two
+    # touching round nuclei leave a deep saddle between their centres; the
+    # ridge of one elongated (fibroblast) nucleus or chromatin texture does not.
+    prominence = params.px(params.peak_prominence_um)
+    seeds = h_maxima(relief, prominence) & mask
+    markers, n_seeds = ndimage.label(seeds, structure=np.ones((3, 3), bool))
+    markers = markers.astype(np.int32)
     # Every component gets at least one seed: its deepest pixel.
     seeded = np.zeros(count + 1, bool)
-    seeded[components[peaks[:, 0], peaks[:, 1]]] = True
-    next_label = len(peaks) + 1
+    seeded[np.unique(components[seeds])] = True
+    next_label = n_seeds + 1
     if not seeded[1:].all():
         deepest = ndimage.maximum_position(relief, components, index=np.arange(1, count + 1))
         for label_index, position in enumerate(deepest, start=1):
@@ -480,17 +480,6 @@ def _load_cellpose_models(params: NucleiParams) -> dict[str, Callable[[np.ndarra
     return segmenters
 
 
-def _dab_membrane_mask(ihc: np.ndarray) -> np.ndarray:
-    """Release membrane mask (METHOD.md steps 2-3, unblurred): (H, W) bool."""
-    from skimage.color import hed2rgb, rgb2hed, rgb2hsv
-
-    hed = rgb2hed(_check_ihc(ihc))
-    dab_only = np.zeros_like(hed)
-    dab_only[..., 2] = hed[..., 2]
-    dab_rgb = (np.clip(hed2rgb(dab_only), 0, 1) * 255).astype(np.uint8)
-    return rgb2hsv(dab_rgb)[..., 1] > 0.15  # METHOD.md step 3: saturation > 0.15
-
-
 def pool_centroids(primary: np.ndarray, secondary: np.ndarray, radius: float) -> np.ndarray:
     """Pool two centroid sets, keeping each secondary point only if it is new.
 
@@ -521,7 +510,8 @@ def _cellpose_centroids(
 ) -> np.ndarray:
     segmenters = _load_cellpose_models(params)
     if dab_mask is None:
-        dab = _dab_membrane_mask(ihc)
+        # METHOD.md steps 2-3, unblurred: what the release hands to 'cyto2'.
+        dab = stain.release_membrane_mask(_check_ihc(ihc), blur=False) > 0
     else:
         dab_mask = np.asarray(dab_mask)
         if dab_mask.shape != mask.shape:
