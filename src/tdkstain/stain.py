@@ -97,17 +97,19 @@ def _as_float_rgb(rgb: np.ndarray) -> np.ndarray:
     raise ValueError(f"expected uint8, uint16 or float RGB, got dtype {rgb.dtype}")
 
 
-def rgb_to_hed(rgb: np.ndarray) -> np.ndarray:
+def rgb_to_hed(rgb: np.ndarray, clip: bool = True) -> np.ndarray:
     """Haematoxylin, eosin, DAB densities of an RGB image (``skimage.color.rgb2hed``).
 
     Args:
         rgb: (..., 3) uint8 (0..255), uint16 or float in [0, 1].
+        clip: clamp negative densities to 0 as rgb2hed does; ``False`` keeps them
+            (noise statistics need both sides of the background).
     Returns:
-        (..., 3) float64 >= 0: H, E, DAB density in rgb2hed units (decadic OD / 6).
+        (..., 3) float64: H, E, DAB density in rgb2hed units (decadic OD / 6), >= 0 when clipped.
     """
     intensity = np.maximum(_as_float_rgb(rgb), _MIN_INTENSITY)
     stains = (np.log(intensity) / _LOG_ADJUST) @ HED_FROM_RGB
-    return np.maximum(stains, 0.0)
+    return np.maximum(stains, 0.0) if clip else stains
 
 
 def hed_to_rgb(hed: np.ndarray) -> np.ndarray:
@@ -130,9 +132,9 @@ def hematoxylin_od(rgb: np.ndarray) -> np.ndarray:
     return rgb_to_hed(rgb)[..., 0]
 
 
-def dab_od(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) RGB -> (H, W) float64 DAB density (rgb2hed channel 2), >= 0."""
-    return rgb_to_hed(rgb)[..., 2]
+def dab_od(rgb: np.ndarray, clip: bool = True) -> np.ndarray:
+    """(H, W, 3) RGB -> (H, W) float64 DAB density (rgb2hed channel 2), >= 0 unless ``clip=False``."""
+    return rgb_to_hed(rgb, clip=clip)[..., 2]
 
 
 def dab_rgb_float(rgb: np.ndarray) -> np.ndarray:
