@@ -290,6 +290,11 @@ def test_release_layout_is_discovered(tmp_path):
     write_dataset(tmp_path, 8, 64, seed=2)
     discovered = pairs_module.discover_pairs(tmp_path)
     assert len(discovered) == 8
+    plan = {stem: (split, HER2_LABELS[her2]) for _, stem, split, her2, _, _ in plan_dataset(8, 2)}
+    for pair in discovered:
+        assert (pair.split, pair.label) == plan[pair.stem]
+        assert pair.he == tmp_path / f"{pair.split}_HE" / f"{pair.stem}.png"
+        assert pair.ihc == tmp_path / f"{pair.split}_IHC" / f"{pair.stem}.png"
 
 
 def test_refuses_foreign_folder_and_replaces_previous_output(tmp_path):

@@ -43,18 +43,22 @@ def fibres(rng: np.random.Generator, n: int, angle: float, px: float) -> np.ndar
     """(n, n) float64 in [0, 1]: wavy collagen fibres running along ``angle`` (radians).
 
     White noise smoothed much more along the fibre than across it (0.5 vs 5 um),
-    then sampled on rotated, sinusoidally bent coordinates.
+    sampled on rotated coordinates that a smooth random displacement (~4 um
+    over ~25 um) bends into irregular wavy bundles; a second smooth field makes
+    some stroma looser than other.
     """
     m = int(math.ceil(n * 1.5)) + 8
     noise = ndimage.gaussian_filter(rng.standard_normal((m, m)), (0.5 * px, 5.0 * px), mode="wrap", truncate=2.5)
     rows, cols = np.mgrid[0:n, 0:n].astype(np.float64) - n / 2
     along = cols * math.cos(angle) + rows * math.sin(angle)
     across = -cols * math.sin(angle) + rows * math.cos(angle)
-    wave = 2.5 * px * np.sin(2 * math.pi * along / (45.0 * px) + rng.uniform(0, 2 * math.pi))
-    sample = np.stack([across + wave + m / 2, along + m / 2])
+    across += 4.0 * px * smooth_noise(rng, n, 25.0 * px)
+    along += 4.0 * px * smooth_noise(rng, n, 25.0 * px)
+    sample = np.stack([across + m / 2, along + m / 2])
     fib = ndimage.map_coordinates(noise, sample, order=1, mode="wrap")
     fib = (fib - fib.mean()) / (fib.std() + 1e-12)
-    return 1.0 / (1.0 + np.exp(-2.0 * fib))
+    density = 0.8 + 0.2 * np.tanh(smooth_noise(rng, n, 30.0 * px))
+    return density / (1.0 + np.exp(-2.0 * fib))
 
 
 def warp_field(rng: np.random.Generator, n: int, misregister: float) -> np.ndarray:
