@@ -293,3 +293,101 @@ def test_cellpose_dab_mask_shape_is_checked(monkeypatch, tmp_path):
         detect_nuclei(
             ihc, NucleiParams(backend="cellpose", cellpose_model_dir=str(tmp_path)), dab_mask=np.zeros((8, 8))
         )
+
+
+# ---------------------------------------------------------------------------
+# Synthetic tiles with known nuclei (tdkstain.synth)
+# ---------------------------------------------------------------------------
+
+CLEAN_SEEDS = (0, 1, 2, 3)  # HER2 score = seed % 4: every score once
+FAILURE_SEEDS = (0, 1)
+
+
+def _synth_pair(seed: int, failure: str = "none"):
+    synth = pytest.importorskip("tdkstain.synth")
+    return _render_cached(synth, seed, failure)
+
+
+_CACHE: dict = {}
+
+
+def _render_cached(synth, seed: int, failure: str):
+    key = (seed, failure)
+    if key not in _CACHE:
+        _CACHE[key] = synth.render_pair(seed, 256, her2=seed % 4, failure=failure)
+    return _CACHE[key]
+
+
+def _score(pair, mode: str):
+    # 6 px at 20x (brief); 3 um at any scale.
+    return score_detection(pair.ihc, pair.nuclei, NucleiParams(mode=mode, mpp=pair.mpp))
+
+
+@pytest.mark.parametrize("mode", ["release", "adaptive"])
+def test_classical_detection_matches_synthetic_truth(mode):
+    f1 = []
+    count_error = []
+    for seed in CLEAN_SEEDS:
+        pair = _synth_pair(seed)
+        assert pair.mpp == 0.5
+        result = _score(pair, mode)
+        f1.append(result.f1)
+        found = result.tp + result.fp
+        count_error.append(abs(found - len(pair.nuclei)) / len(pair.nuclei))
+    assert min(f1) >= 0.85, f1
+    assert float(np.median(count_error)) <= 0.10, count_error
+
+
+def failure_table(seeds=FAILURE_SEEDS) -> dict[str, dict[str, float]]:
+    """Mean nuclei F1 per failure case and mode: {case: {"release": f1, "adaptive": f1}}."""
+    synth = pytest.importorskip("tdkstain.synth")
+    table = {}
+    for case in ("none",) + tuple(synth.FAILURES):
+        table[case] = {
+            mode: float(np.mean([_score(_render_cached(synth, seed, case), mode).f1 for seed in seeds]))
+            for mode in ("release", "adaptive")
+        }
+    return table
+
+
+def test_adaptive_holds_up_on_every_failure_case():
+    table = failure_table()
+    print("\ncase                   release  adaptive")
+    for case, row in table.items():
+        print(f"{case:22s} {row['release']:.3f}    {row['adaptive']:.3f}")
+    assert table["none"]["adaptive"] >= table["none"]["release"] - 0.03
+    for case in ("tint-dab", "tint-grey", "strong-counterstain", "weak-counterstain", "jpeg"):
+        assert table[case]["adaptive"] >= table[case]["release"], case
+    for case, row in table.items():
+        assert row["adaptive"] >= 0.85, case  # scale-40x runs at mpp 0.25
+
+
+def test_adaptive_at_40x_uses_microns():
+    pair = _synth_pair(0, "scale-40x")
+    assert pair.mpp == 0.25
+    assert _score(pair, "adaptive").f1 >= 0.85
+    # The same tile read as if it were 20x: every nucleus looks twice as large
+    # in microns, lymphocytes and tumour nuclei grow past the size window.
+    wrong = score_detection(pair.ihc, pair.nuclei, NucleiParams(mode="adaptive", mpp=0.5), radius=12.0)
+    assert wrong.f1 < _score(pair, "adaptive").f1
+
+
+def test_adaptive_beats_release_when_the_tile_is_mostly_glass():
+    # 220 px of the real colon tile on 512 px of glass: Otsu over the whole
+    # tile splits glass from tissue and the release mask swallows cytoplasm.
+    ihc = _real_ihc()
+    rng = np.random.default_rng(0)
+    top, left, side = 250, 150, 220
+    glass = np.clip(rng.normal(238, 2, ihc.shape), 0, 255).astype(np.uint8)
+    glass[top : top + side, left : left + side] = ihc[top : top + side, left : left + side]
+
+    def inside(points: np.ndarray, margin: float = 6.0) -> np.ndarray:
+        keep = np.all((points >= [top + margin, left + margin]) & (points < [top + side - margin, left + side - margin]), 1)
+        return points[keep]
+
+    f1 = {}
+    for mode in ("release", "adaptive"):
+        params = NucleiParams(mode=mode)
+        reference = inside(detect_nuclei(ihc, params))
+        f1[mode] = match_centroids(inside(detect_nuclei(glass, params)), reference, radius=6.0).f1
+    assert f1["adaptive"] >= f1["release"] + 0.1, f1

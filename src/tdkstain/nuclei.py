@@ -331,7 +331,9 @@ def _classical_instances(ihc: np.ndarray, mask: np.ndarray, params: NucleiParams
     # touching round nuclei leave a deep saddle between their centres; the
     # ridge of one elongated (fibroblast) nucleus or chromatin texture does not.
     prominence = params.px(params.peak_prominence_um)
-    seeds = h_maxima(relief, prominence) & mask
+    # On integers (1/16 px steps) h_maxima runs several times faster than on floats.
+    levels = np.round(relief * 16).astype(np.int32)
+    seeds = h_maxima(levels, max(1, int(round(prominence * 16)))).astype(bool) & mask
     markers, n_seeds = ndimage.label(seeds, structure=np.ones((3, 3), bool))
     markers = markers.astype(np.int32)
     # Every component gets at least one seed: its deepest pixel.
