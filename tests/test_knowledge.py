@@ -298,3 +298,14 @@ def test_extract_tile_without_nuclei_gives_zero_density():
     assert len(tile.centroids) == 0
     assert np.isfinite(tile.density).all() and not tile.density.any()
     assert not tile.membrane_mask.any()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["release", "adaptive"])
+def test_torch_membrane_mask_on_cuda_matches_cpu(mode, synth_tiles):
+    pairs = synth_tiles["none"] + synth_tiles["tint-dab"]
+    rgb = torch.stack([torch.from_numpy(p.ihc).permute(2, 0, 1).float() / 255 for p in pairs])
+    params = MembraneParams(mode=mode)
+    on_gpu = knowledge.membrane_mask_torch(rgb.cuda(), params).cpu()
+    torch.testing.assert_close(on_gpu, knowledge.membrane_mask_torch(rgb, params), atol=1e-5, rtol=0)
