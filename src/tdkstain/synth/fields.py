@@ -75,19 +75,26 @@ def warp_field(rng: np.random.Generator, n: int, misregister: float) -> np.ndarr
     return disp * (misregister * rng.uniform(0.5, 1.0) / (magnitude + 1e-12))
 
 
-def bilinear(images: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Sample (n, n, C) ``images`` at float positions (H, W) -> (H, W, C), bilinear, edges clamped.
+def bilinear(images: np.ndarray | list[np.ndarray], rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Sample C images of shape (n0, n1) at float positions ``rows``, ``cols`` (any shape S), bilinear,
+    edges clamped -> (C, *S) float64.
 
-    One gather for all channels (``ndimage.map_coordinates`` with ``order=1``
-    would take one call per channel).
+    Weights and flat indices are computed once and shared by all channels; a
+    flat ``take`` per 2-D channel is ~3x faster than fancy indexing an
+    (n, n, C) stack and ~2x faster than ``ndimage.map_coordinates(order=1)``.
     """
-    n0, n1 = images.shape[:2]
+    n0, n1 = images[0].shape
     rows = np.clip(rows, 0, n0 - 1.000001)
     cols = np.clip(cols, 0, n1 - 1.000001)
     r0 = rows.astype(np.intp)
     c0 = cols.astype(np.intp)
-    fr = (rows - r0)[..., None]
-    fc = (cols - c0)[..., None]
-    top = images[r0, c0] * (1 - fc) + images[r0, c0 + 1] * fc
-    bottom = images[r0 + 1, c0] * (1 - fc) + images[r0 + 1, c0 + 1] * fc
-    return top * (1 - fr) + bottom * fr
+    fr = rows - r0
+    fc = cols - c0
+    index = r0 * n1 + c0
+    weights = ((1 - fr) * (1 - fc), (1 - fr) * fc, fr * (1 - fc), fr * fc)
+    offsets = (0, 1, n1, n1 + 1)
+    out = []
+    for image in images:
+        flat = np.ascontiguousarray(image, dtype=np.float64).ravel()
+        out.append(sum(w * flat[index + o] for w, o in zip(weights, offsets)))
+    return np.stack(out)

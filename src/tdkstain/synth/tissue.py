@@ -251,10 +251,9 @@ def _render_nuclei(
     lo, hi = window
     # The warp varies over ~n/2 px, so one shift per nucleus (at its seed) moves
     # its pixels to within ~0.2 px of a per-pixel mapping.
-    warp_last = warp.transpose(1, 2, 0)
     shift = np.zeros((count, 2))
     for _ in range(4):  # fixed point of q = x - warp(q)
-        shift = bilinear(warp_last, cells.centre[:, 0] - shift[:, 0], cells.centre[:, 1] - shift[:, 1]).reshape(count, 2)
+        shift = bilinear(warp, cells.centre[:, 0] - shift[:, 0], cells.centre[:, 1] - shift[:, 1]).T
     kind = cells.kind
     diameter = np.where(
         kind == 0,
@@ -506,13 +505,13 @@ def render_pair(
     crop = (slice(pad, pad + size), slice(pad, pad + size))
     # IHC pixel q shows the tissue that sits at q + warp(q) in the H&E section
     warped = bilinear(
-        np.stack([ihc_h, ihc_dab, membrane_truth, tissue.astype(np.float64)], axis=-1),
+        [ihc_h, ihc_dab, membrane_truth, tissue.astype(np.float64)],
         (rows + warp[0])[crop],
         (cols + warp[1])[crop],
     )
-    ihc_od = np.stack([warped[..., 0], np.zeros((size, size)), warped[..., 1]], axis=-1)
-    tissue_mask = warped[..., 3] > 0.5
-    membrane_mask = (warped[..., 2] > 0.5) & tissue_mask
+    ihc_od = np.stack([warped[0], np.zeros((size, size)), warped[1]], axis=-1)
+    tissue_mask = warped[3] > 0.5
+    membrane_mask = (warped[2] > 0.5) & tissue_mask
 
     neutral_ihc: float | np.ndarray = 0.0
     if failure == "tint-dab":
