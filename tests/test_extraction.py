@@ -215,7 +215,7 @@ def test_newer_input_or_missing_output_is_redone(extracted, tmp_path):
 
 def test_interrupted_run_resumes_to_identical_outputs(tinted_dataset, tinted_extracted, tmp_path, monkeypatch):
     root = _copy(tinted_dataset, tmp_path)
-    real = extraction._process_tile
+    real = extraction.dataset._process_tile
     calls = {"n": 0}
 
     def interrupted(task, params):
@@ -224,10 +224,10 @@ def test_interrupted_run_resumes_to_identical_outputs(tinted_dataset, tinted_ext
             raise KeyboardInterrupt
         return real(task, params)
 
-    monkeypatch.setattr(extraction, "_process_tile", interrupted)
+    monkeypatch.setattr(extraction.dataset, "_process_tile", interrupted)
     with pytest.raises(KeyboardInterrupt):
         extraction.extract_dataset(root, progress=False)
-    monkeypatch.setattr(extraction, "_process_tile", real)
+    monkeypatch.setattr(extraction.dataset, "_process_tile", real)
     assert json.loads((root / "extraction.json").read_text())["complete"] is False
     # A write killed half-way leaves a temporary file beside the outputs.
     leftover = next(root.glob("*_IHC_dab")) / ".tmp-synth-half-written.png"

@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
             evaluation = extraction.evaluate_against_truth(root, split, progress=not args.quiet)
             where = f" (split {split})" if split else ""
             print(f"\nagainst synthetic truth{where}: nuclei matched within {evaluation.radius:g} px, "
-                  "membrane = binary mask vs truth")
+                  "membrane IoU = unblurred mask vs true membrane, both dilated 2 px (knowledge.membrane_overlap)")
             print(evaluation.to_markdown())
     # With --skip-bad the user asked to go on; the bad tiles are listed above.
     return 0
