@@ -92,7 +92,32 @@ def stained_fraction_metric(case: Case, setting: Setting) -> dict[str, str]:
     return {"fraction 0/1+/2+/3+": "/".join(f"{m:.2f}" for m in means), "rises": "yes" if rising else "no"}
 
 
-METRICS: list[Callable[[Case, Setting], dict[str, str]]] = [membrane_iou_metric, stained_fraction_metric]
+def nuclei_f1_metric(case: Case, setting: Setting) -> dict[str, str]:
+    """Nuclei F1 (6 px, pooled TP/FP/FN) and median count error, nuclei mode = the setting's membrane mode.
+
+    The adaptive nuclei mask sizes nuclei in microns; it is given each tile's
+    true scale (``pair.mpp``), as a user states ``--mpp`` for a dataset. The
+    release mode uses its pixel constants whatever the scale, as the release.
+    """
+    from tdkstain.nuclei import NucleiParams, detect_nuclei, match_centroids
+
+    # adaptive and adaptive+cal share the nuclei mode: detect once per case and mode.
+    cache = case.__dict__.setdefault("_nuclei_cells", {})
+    if setting.membrane.mode in cache:
+        return cache[setting.membrane.mode]
+    tp = fp = fn = 0
+    errors = []
+    for pair in case.pairs:
+        found = detect_nuclei(pair.ihc, NucleiParams(mode=setting.membrane.mode, mpp=pair.mpp))
+        match = match_centroids(found, pair.nuclei, radius=6.0)
+        tp, fp, fn = tp + match.tp, fp + match.fp, fn + match.fn
+        errors.append(abs(len(found) - len(pair.nuclei)) / max(len(pair.nuclei), 1) * 100.0)
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
+    cache[setting.membrane.mode] = {"nuclei F1": f"{f1:.3f}", "count err %": f"{np.median(errors):.1f}"}
+    return cache[setting.membrane.mode]
+
+
+METRICS: list[Callable[[Case, Setting], dict[str, str]]] = [membrane_iou_metric, stained_fraction_metric, nuclei_f1_metric]
 
 
 def truth_fraction_cells(case: Case) -> str:
