@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
 
 from tdkstain import knowledge, stain
 from tdkstain.errors import TdkstainError
