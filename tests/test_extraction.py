@@ -437,3 +437,46 @@ def test_stained_fraction_check_logic():
     flat = [tile("0", 0.9), tile("1+", 0.9), tile("3+", 0.95)]
     assert extraction.stained_fraction_check(flat)["status"] == "FAIL"
     assert extraction.stained_fraction_check([tile(None, 0.2), tile("2+", 0.3)])["status"] == "N/A"
+
+
+# --------------------------------------------------------------------------- a real IHC image, through a manifest
+
+
+def test_real_ihc_through_a_manifest_matches_the_release_fixture(shared_dir, tmp_path):
+    """The dataset run in release mode writes what the authors' release writes (issue 2 fixture, issue 10)."""
+    ihc_source = shared_dir / "data" / "ihc_skimage_colon.png"
+    fixture = np.load(shared_dir / "fixtures" / "official" / "official_dab_skimage_ihc.npz")
+    root = tmp_path / "real"
+    (root / "tiles").mkdir(parents=True)
+    shutil.copy(ihc_source, root / "tiles" / "colon_ihc.png")
+    shutil.copy(ihc_source, root / "tiles" / "colon_he.png")  # stands in for the H&E partner; not read
+    (root / "pairs.csv").write_text("he,ihc,label\ntiles/colon_he.png,tiles/colon_ihc.png,3+\n")
+
+    summary = extraction.extract_dataset(root, _params("release"), manifest=root / "pairs.csv",
+                                         overlays=True, progress=False)
+    assert summary.extracted == 1 and summary.root == root
+    (pair,) = pairs_module.discover_pairs(root, manifest=root / "pairs.csv")
+    paths = pairs_module.knowledge_paths(root, pair.split, pair.stem)
+    dab = images_module().read_rgb(paths.dab)
+    blurred = images_module().read_gray(paths.dab_mask)
+    assert np.abs(dab.astype(int) - fixture["dab_rgb"]).max() <= 1
+    assert (dab == fixture["dab_rgb"]).all(axis=2).mean() >= 0.999
+    assert (np.abs(blurred.astype(int) - fixture["dab_mask_blurred"]) <= 1).mean() >= 0.999
+    overlay = images_module().read_rgb(root / f"{pair.split}_IHC_overlay" / f"{pair.stem}.png")
+    assert overlay.shape == (512, 512, 3) and (overlay != images_module().read_rgb(ihc_source)).any()
+
+    # Unblurred: identical to the release's binary mask.
+    params = _params("release")
+    params.membrane.blur = False
+    extraction.extract_dataset(root, params, manifest=root / "pairs.csv", force=True, progress=False, report=False)
+    assert np.array_equal(images_module().read_gray(paths.dab_mask), fixture["dab_mask"])
+
+
+def test_report_extremes_show_each_tile_once_with_all_reasons():
+    from tdkstain.extraction.report import _extremes
+
+    tiles = [extraction.TileResult("train", f"t{i}", "0", "x.png", "extracted", stained_fraction=f, nuclei_count=n)
+             for i, (f, n) in enumerate([(0.9, 5), (0.1, 50), (0.5, 20), (0.4, 21)])]
+    chosen = {tile.stem: reasons for reasons, tile in _extremes(tiles, 1)}
+    assert chosen == {"t0": ["highest stained fraction", "fewest nuclei"],
+                      "t1": ["lowest stained fraction", "most nuclei"]}

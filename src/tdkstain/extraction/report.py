@@ -78,11 +78,14 @@ def _box_strip_plot(path: Path, groups: list[tuple[str, list[float]]], ylabel: s
     plt.close(fig)
 
 
-def _extremes(tiles: list[TileResult], per_kind: int) -> list[tuple[str, TileResult]]:
-    """(reason, tile) for the tiles with the most extreme stained fraction and nuclei count."""
-    chosen: list[tuple[str, TileResult]] = []
-    seen: set[tuple[str | None, str]] = set()
-    # Ties broken by split and stem, so the choice is reproducible.
+def _extremes(tiles: list[TileResult], per_kind: int) -> list[tuple[list[str], TileResult]]:
+    """The ``per_kind`` tiles with the highest and lowest stained fraction and nuclei count.
+
+    Returns ``(reasons, tile)`` in order of first appearance; a tile extreme
+    in several ways appears once, with all its reasons (small datasets).
+    Ties are broken by split and stem, so the choice is reproducible.
+    """
+    chosen: dict[tuple[str, str], tuple[list[str], TileResult]] = {}
     kinds = [
         ("highest stained fraction", lambda t: (-t.stained_fraction, str(t.split), t.stem)),
         ("lowest stained fraction", lambda t: (t.stained_fraction, str(t.split), t.stem)),
@@ -90,14 +93,9 @@ def _extremes(tiles: list[TileResult], per_kind: int) -> list[tuple[str, TileRes
         ("fewest nuclei", lambda t: (t.nuclei_count, str(t.split), t.stem)),
     ]
     for reason, key in kinds:
-        taken = 0
-        for tile in sorted(tiles, key=key):
-            if taken == per_kind:
-                break
-            chosen.append((reason, tile))
-            seen.add((tile.split, tile.stem))
-            taken += 1
-    return chosen
+        for tile in sorted(tiles, key=key)[:per_kind]:
+            chosen.setdefault((str(tile.split), tile.stem), ([], tile))[0].append(reason)
+    return list(chosen.values())
 
 
 def write_quality_report(root: str | os.PathLike, summary: ExtractionSummary, extremes_per_kind: int = 3) -> Path:
@@ -167,7 +165,7 @@ def write_quality_report(root: str | os.PathLike, summary: ExtractionSummary, ex
     overlay_dir = out / "overlays"
     for old in overlay_dir.glob("*.png") if overlay_dir.is_dir() else []:
         old.unlink()  # extremes of an earlier run would otherwise linger unlinked
-    for reason, tile in _extremes(good, extremes_per_kind):
+    for reasons, tile in _extremes(good, extremes_per_kind):
         from tdkstain.pairs import knowledge_paths
 
         name = f"{tile.split}_{tile.stem}.png" if tile.split else f"{tile.stem}.png"
@@ -177,7 +175,7 @@ def write_quality_report(root: str | os.PathLike, summary: ExtractionSummary, ex
             ihc = images.read_rgb(tile.ihc)
             overlay = membrane_nuclei_overlay(ihc, images.read_gray(paths.dab_mask), read_centroids_csv(paths.nuclei_csv))
             images.write_png(target, overlay)
-        extremes.append({"reason": reason, "split": tile.split, "stem": tile.stem, "her2": tile.label,
+        extremes.append({"reasons": reasons, "split": tile.split, "stem": tile.stem, "her2": tile.label,
                          "stained_fraction": tile.stained_fraction, "nuclei_count": tile.nuclei_count,
                          "overlay": f"overlays/{name}"})
 
@@ -251,7 +249,7 @@ def _render_html(
         parts.append("<h2>Most extreme tiles</h2><p>IHC with the membrane mask outlined in green and nuclei centroids "
                      "as magenta dots.</p>")
         for item in extremes:
-            caption = (f"{item['reason']}: {item['split'] or ''} {item['stem']} (HER2 {_label_name(item['her2'])}), "
+            caption = (f"{', '.join(item['reasons'])}: {item['split'] or ''} {item['stem']} (HER2 {_label_name(item['her2'])}), "
                        f"stained fraction {item['stained_fraction']:.3f}, {item['nuclei_count']} nuclei")
             parts.append(f"<figure><a href='{quote(item['overlay'])}'><img class='tile' src='{quote(item['overlay'])}' "
                          f"alt='{e(caption)}'></a><figcaption>{e(caption)}</figcaption></figure>")
