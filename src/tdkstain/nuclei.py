@@ -107,6 +107,9 @@ class NucleiParams:
     hematoxylin_od_floor: float = 0.01
     smooth_um: float = 0.5  # Gaussian sigma before thresholding: JPEG blocks and noise
     dilation_um: float = 0.0  # no dilation: it merges touching nuclei
+    # Blobs larger than the largest nucleus are re-thresholded on their own
+    # pixels this many times (crowded epithelium; see _split_crowded_blobs).
+    crowded_rounds: int = 2
 
     # --- classical instances ---
     # A seed must rise this far (distance to the mask edge, in microns) above
@@ -262,19 +265,52 @@ def _adaptive_mask(ihc: np.ndarray, params: NucleiParams) -> np.ndarray:
     otsu = float(threshold_otsu(values)) if np.ptp(values) > 1e-6 else -np.inf
     threshold = max(otsu, params.hematoxylin_od_floor)
     mask = tissue & (hematoxylin > threshold)
+    max_area = _disk_area_px(params.max_diameter_um, params)
+    mask = _split_crowded_blobs(mask, hematoxylin, max_area, params.crowded_rounds)
 
     # A small opening cuts the thin haematoxylin bridges of cytoplasm between
     # nuclei; its radius stays well under a nucleus radius.
     opening_radius = int(round(params.px(params.min_diameter_um) / 4.0))
     if opening_radius >= 1:
         mask = ndimage.binary_opening(mask, structure=disk(opening_radius))
-    max_area = _disk_area_px(params.max_diameter_um, params)
     mask = _remove_small_holes(mask, int(np.ceil(max_area / 4.0)), 2)
     min_area = _disk_area_px(params.min_diameter_um, params)
     mask = _remove_small_objects(mask, int(np.floor(min_area)))
     dilation_radius = int(round(params.px(params.dilation_um)))
     if dilation_radius >= 1:
         mask = ndimage.binary_dilation(mask, structure=disk(dilation_radius))
+    return mask
+
+
+def _split_crowded_blobs(mask: np.ndarray, hematoxylin: np.ndarray, max_area: float, rounds: int) -> np.ndarray:
+    """Re-threshold every blob larger than the largest nucleus with Otsu on its own pixels.
+
+    Where nuclei crowd (epithelium, glands), the counterstained cytoplasm
+    between them passes the tile-wide threshold and a whole gland becomes one
+    blob. The tile's Otsu split nuclei from stroma; the blob's own Otsu
+    splits nuclei from cytoplasm. mask: (H, W) bool; hematoxylin: (H, W) float.
+    """
+    mask = mask.copy()
+    structure = np.ones((3, 3), bool)
+    for _ in range(rounds):
+        labels, count = ndimage.label(mask, structure=structure)
+        if count == 0:
+            break
+        areas = np.bincount(labels.ravel(), minlength=count + 1)
+        crowded = [index for index in range(1, count + 1) if areas[index] > max_area]
+        if not crowded:
+            break
+        boxes = ndimage.find_objects(labels)
+        for index in crowded:
+            box = boxes[index - 1]
+            blob = labels[box] == index
+            values = hematoxylin[box][blob]
+            if np.ptp(values) <= 1e-6:
+                continue
+            from skimage.filters import threshold_otsu
+
+            window = mask[box]
+            window[blob] = values > threshold_otsu(values)
     return mask
 
 
