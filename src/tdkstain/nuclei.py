@@ -12,12 +12,16 @@ Two mask recipes:
   the threshold from tissue pixels only, refuses thresholds below an
   optical-density floor (so a tile without nuclei gives no nuclei), and
   states every size in microns, converted with the tile's microns per pixel.
+  Blobs larger than any nucleus (crowded glands, whose counterstained
+  cytoplasm passes the tile's threshold) are thresholded again on their own
+  pixels.
 
 Two instance backends turn the mask into centroids:
 
 - ``classical`` (default, no weights): distance transform of the mask plus
-  haematoxylin intensity, peaks at least a nucleus radius apart, watershed,
-  one centroid per region, regions outside the nucleus size window dropped.
+  a little haematoxylin intensity, one seed per maximum that stands out by
+  at least ``peak_prominence_um`` (h-maxima), watershed, one centroid per
+  region, regions outside the nucleus size window (microns) dropped.
 - ``cellpose`` (optional extra ``pip install 'tdkstain[cellpose]'``), as in
   the paper and the release: Cellpose 'nuclei' on the nuclei mask image,
   Cellpose 'cyto2' on the DAB (membrane) mask, both centroid sets pooled and
@@ -72,10 +76,12 @@ class NucleiParams:
     backend: str = "classical"  # "classical" (no weights) | "cellpose" (paper/release)
     mpp: float = 0.5  # microns per pixel of the IHC tile; BCI/RegH2I tiles are 20x ~0.5
 
-    # Nucleus size window, equivalent-circle diameter in microns. Breast
-    # carcinoma, lymphocyte and stromal nuclei span about 4-15 um (WHO
-    # Classification of Breast Tumours; lymphocytes ~5-7 um); the window is
-    # a little wider so blur and staining halos do not clip real nuclei.
+    # Nucleus size window, equivalent-circle diameter in microns (our choice).
+    # Lymphocyte nuclei are ~6-7 um across (standard histology texts), breast
+    # carcinoma nuclei ~8-15 um, fibroblast nuclei thin spindles whose
+    # equivalent diameter is ~4-6 um; the window is wider on both sides so
+    # blur, halos and pleomorphism do not clip real nuclei, while debris
+    # (< 3 um) and merged glands (> 20 um) are dropped.
     min_diameter_um: float = 3.0
     max_diameter_um: float = 20.0
 
@@ -116,7 +122,7 @@ class NucleiParams:
     # the saddle that joins it to a higher seed.
     peak_prominence_um: float = 0.75
     # Weight of haematoxylin intensity (0..1 rescaled) added to the distance
-    # transform before peak finding: dark chromatin centres break ties
+    # transform before seeding: dark chromatin centres break ties
     # between the lobes of touching nuclei.
     intensity_weight_um: float = 1.0
 
