@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m tdkstain.demo
+	$(BIN)/tdkstain demo --out demo_out
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

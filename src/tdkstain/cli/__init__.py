@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "extract": "extract",
     "train": "train",
     "import-checkpoint": "import_checkpoint",
+    "demo": "demo",
 }
 
 
