@@ -73,7 +73,7 @@ def train(cfg: Config, out: str | os.PathLike, *, progress: bool = True) -> Trai
         net.to(rt.device, memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format)
     optimizers = {name: torch.optim.Adam(net.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas)) for name, net in nets.items()}
     state = TrainState()
-    checkpoint = load_latest(run.run_dir, map_location=rt.device)
+    checkpoint = load_latest(run.run_dir)  # on CPU; load_state_dict copies onto the device
     if checkpoint is not None:
         restore(checkpoint, cfg, nets, optimizers, rt, state)
     elif dist_info.enabled:
