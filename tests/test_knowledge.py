@@ -53,10 +53,11 @@ def test_release_mode_reproduces_official_fixture():
 
     ihc = np.asarray(Image.open(IHC_PNG).convert("RGB"))
     fixture = np.load(FIXTURE)
-    np.testing.assert_array_equal(knowledge.membrane_mask(ihc, MembraneParams(blur=False)), fixture["dab_mask"])
-    blurred = knowledge.membrane_mask(ihc, MembraneParams())
+    release = MembraneParams(mode="release")
+    np.testing.assert_array_equal(knowledge.membrane_mask(ihc, MembraneParams(mode="release", blur=False)), fixture["dab_mask"])
+    blurred = knowledge.membrane_mask(ihc, release)
     assert (np.abs(blurred.astype(int) - fixture["dab_mask_blurred"]) <= 1).mean() >= 0.999
-    np.testing.assert_array_equal(knowledge.membrane_mask_binary(ihc), fixture["dab_mask"] > 0)
+    np.testing.assert_array_equal(knowledge.membrane_mask_binary(ihc, release), fixture["dab_mask"] > 0)
     tile = knowledge.extract_tile(ihc[:128, :128])
     np.testing.assert_array_equal(tile.dab_rgb, fixture["dab_rgb"][:128, :128])
 

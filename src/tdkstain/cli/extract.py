@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="membrane mask recipe: 'release' = HSV saturation of the DAB-only image > threshold, "
                             "as the authors' release; 'adaptive' = DAB density above the tile's own background, "
                             "robust to tinted scans. Also sets the nuclei mode unless --nuclei-mode is given "
-                            "(default: release)")
+                            "(default: adaptive)")
     group.add_argument("--membrane-threshold", type=float, metavar="T",
                        help="membrane threshold of the chosen mode: release = saturation (default: 0.15), "
                             "adaptive = DAB density margin above background (default: 0.0231; --calibrate fits it)")
@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--nuclei-mode", choices=("release", "adaptive"),
                        help="nuclei mask recipe: 'release' = Otsu on the rescaled haematoxylin channel; "
                             "'adaptive' = white-balanced, tissue-aware threshold and nucleus sizes in microns "
-                            "(default: as --mode, else release)")
+                            "(default: as --mode, else adaptive)")
     group.add_argument("--nuclei-backend", choices=("classical", "cellpose"),
                        help="nuclei instances: 'classical' watershed (no weights) or 'cellpose' (optional extra; "
                             "its weights must already be on disk) (default: classical)")
