@@ -267,9 +267,11 @@ def test_cli_train_resolves_preset_and_overrides(dataset, tmp_path, capsys):
 
     rc = main([
         "train", "--config", "demo-cpu", "--data", str(dataset), "--out", str(tmp_path / "run"), "--no-progress",
-        *[o for o in TINY if not o.startswith("data.val")], "train.max_steps=2", "data.val_pairs=1",
+        "--baselines", *[o for o in TINY if not o.startswith("data.val")], "train.max_steps=2", "data.val_pairs=1",
     ])
     assert rc == 0
+    captured = capsys.readouterr()
+    assert "mean_colour" in captured.err and "generator.safetensors" in captured.out
     saved = (tmp_path / "run" / "config.yaml").read_text()
     assert "ngf: 4" in saved and str(dataset) in saved
     rc = main(["train", "--config", "demo-cpu", "--data", str(dataset), "--out", str(tmp_path / "x"), "loss.membrain=5"])

@@ -112,6 +112,7 @@ class TrainConfig(Section):
     """Runtime: devices, precision, reproducibility, bookkeeping."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (None: torch's default; 1 is fastest on a busy shared machine)")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
     compile: bool = False

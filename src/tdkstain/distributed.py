@@ -10,7 +10,7 @@ one process with the whole batch computes, so every rank applies the same
 update and the weights stay identical. Weights are broadcast from rank 0
 once at start.
 
-Launch: ``torchrun --nproc_per_node K $(which tdkstain) train ...`` sets
+Launch: ``torchrun --nproc_per_node K -m tdkstain train ...`` sets
 ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and ``MASTER_ADDR``/``PORT``;
 :func:`init_from_env` reads them (NCCL on CUDA, gloo on CPU).
 """

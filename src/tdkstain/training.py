@@ -309,6 +309,8 @@ class RunSetup:
         if not dist_info.enabled:
             dist_info = distributed.init_from_env("cuda" if want_cuda else "cpu")
         device = select_device(cfg.train.device, dist_info.local_rank)
+        if cfg.train.threads is not None:
+            torch.set_num_threads(cfg.train.threads)
         if cfg.train.deterministic:
             # cuBLAS needs this to be deterministic; harmless elsewhere.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -22,7 +22,7 @@ The run folder gets config.yaml, checkpoints/step_*.pt (full state, last K
 kept), weights/generator.safetensors (+ generator_best.safetensors by
 validation), metrics.jsonl and tensorboard/. Rerunning the same command on
 the same folder resumes exactly where it stopped. Several GPUs:
-  torchrun --nproc_per_node 4 $(which tdkstain) train ...
+  torchrun --nproc_per_node 4 -m tdkstain train ...
 (data.batch is per process).
 """
 
@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="run folder; an existing one with checkpoints is resumed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     parser.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--baselines", action="store_true",
+                        help="at the end, print held-out L1 / PSNR / SSIM of the trained generator next to the "
+                             "untrained one and a mean-IHC-colour image")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides such as loss.membrane=5 train.max_steps=1000 (see --show-config)")
 
@@ -58,8 +61,14 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg, args.out, progress=not args.no_progress and sys.stderr.isatty())
     if result.step == 0 or not (result.run_dir / "weights").is_dir():
         return 0
-    if result.run_dir and result.last_val is not None:
+    if result.last_val is not None:
         scores = ", ".join(f"{k} {v:.4g}" for k, v in result.last_val.items())
         print(f"step {result.step}: validation {scores}", file=sys.stderr)
+    if args.baselines and result.step > 0:
+        from tdkstain.distributed import current
+        from tdkstain.training import baseline_scores, format_scores
+
+        if current().is_main:
+            print(format_scores(baseline_scores(result.run_dir)), file=sys.stderr)
     print(result.run_dir / "weights" / "generator.safetensors")
     return 0
