@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "train": "train",
     "import-checkpoint": "import_checkpoint",
     "demo": "demo",
+    "translate": "translate",
+    "slide": "slide",
 }
 
 

@@ -1,0 +1,175 @@
+"""``tdkstain translate``: H&E image files of any size -> virtual IHC PNGs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "stain H&E images of any size with a trained generator (tiled, blended, without seams)"
+
+DESCRIPTION = """\
+Stain H&E image files (PNG, JPEG, TIFF, BMP) with a generator and write
+OUT/STEM.png for each. Images that fit in one tile go through the generator
+whole; larger ones are cut into overlapping tiles, normalised with
+instance-norm statistics that are consistent across tiles (--norm global,
+the default; 'tile' is the naive per-tile normalisation that shows seams)
+and blended. CHECKPOINT is a run folder of 'tdkstain train', a tdkstain
+.safetensors weights file, or the authors' latest_net_G.pth. Existing
+outputs are skipped (rerun to continue an interrupted job) unless --force.
+
+Example:
+  tdkstain translate --checkpoint runs/her2 slides/crops/ extra.png --out stained/ \\
+      --tile 512 --overlap 64 --precision bf16
+"""
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="H&E image files or folders of them")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="run folder, .safetensors weights, or the authors' latest_net_G.pth")
+    parser.add_argument("--out", type=Path, required=True, help="output folder; each input becomes OUT/STEM.png")
+    parser.add_argument("--recursive", action="store_true", help="also take images in subfolders of INPUT folders, mirrored under OUT (default: the folder itself only)")
+    parser.add_argument("--tile", type=int, default=512, help="tile side in pixels, a multiple of 8; larger images are tiled (default: 512)")
+    parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels, a multiple of 8, at most tile/2 (default: 64)")
+    parser.add_argument("--batch", type=int, default=4, help="tiles per forward pass (default: 4)")
+    parser.add_argument(
+        "--norm",
+        choices=("global", "kernel", "tile"),
+        default="global",
+        help="instance-norm statistics of tiled images: global = pooled over the whole image (closest to "
+        "staining it in one piece), kernel = pooled over neighbouring tiles (--kernel-radius), "
+        "tile = each tile its own (naive, shows seams) (default: global)",
+    )
+    parser.add_argument("--kernel-radius", type=int, default=1, help="neighbourhood half-width in tiles for --norm kernel (default: 1)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="fp32, or autocast bf16 (CUDA and CPU) / fp16 (CUDA only) for speed (default: fp32)",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="threads that decode and write images beside the model (default: 2)")
+    parser.add_argument("--force", action="store_true", help="overwrite existing outputs (default: skip them)")
+    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable inputs and list them at the end (default: stop at the first)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def collect_inputs(inputs: list[Path], recursive: bool) -> list[tuple[Path, Path]]:
+    """``(input file, output path relative to OUT)`` for every image named or found in a folder.
+
+    Raises TdkstainError for a missing input, an empty folder, or two
+    inputs that would write the same output.
+    """
+    from tdkstain.errors import TdkstainError
+
+    found: list[tuple[Path, Path]] = []
+    for item in inputs:
+        if item.is_dir():
+            pattern = "**/*" if recursive else "*"
+            files = sorted(
+                p for p in item.glob(pattern)
+                if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(item).parts)
+            )
+            if not files:
+                hint = "" if recursive else " (pass --recursive to look into subfolders)"
+                raise TdkstainError(f"{item}: no image files ({', '.join(_IMAGE_SUFFIXES)}) in this folder{hint}")
+            found += [(p, p.relative_to(item).with_suffix(".png")) for p in files]
+        elif item.is_file():
+            found.append((item, Path(item.stem + ".png")))
+        else:
+            raise TdkstainError(f"{item}: no such file or folder")
+    owners: dict[Path, Path] = {}
+    for source, rel in found:
+        if rel in owners and owners[rel] != source:
+            raise TdkstainError(f"{owners[rel]} and {source} would both be written to {rel}; rename one or stain them into different --out folders")
+        owners[rel] = source
+    return list(dict.fromkeys(found))
+
+
+def run(args: argparse.Namespace) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from tdkstain.errors import TdkstainError
+    from tdkstain.images import image_size, read_rgb_with_notes, write_png
+    from tdkstain.inference import Stainer
+
+    if args.workers < 1:
+        raise TdkstainError(f"--workers must be >= 1, got {args.workers}")
+    jobs = collect_inputs(list(args.inputs), args.recursive)
+    out_dir: Path = args.out
+    todo = [(src, out_dir / rel) for src, rel in jobs if args.force or not (out_dir / rel).exists()]
+    skipped_existing = len(jobs) - len(todo)
+    if not todo:
+        print(f"nothing to do: all {len(jobs)} outputs exist in {out_dir} (pass --force to redo them)")
+        return 0
+
+    stainer, card = Stainer.from_checkpoint(
+        args.checkpoint,
+        device=args.device,
+        precision=args.precision,
+        tile=args.tile,
+        overlap=args.overlap,
+        batch=args.batch,
+        norm=args.norm,
+        kernel_radius=args.kernel_radius,
+    )
+    kwargs = card.get("kwargs", {})
+    print(
+        f"{args.checkpoint}: ResnetGenerator ngf {kwargs.get('ngf', '?')}, {stainer.num_norm_layers} instance-norm layers; "
+        f"{len(todo)} image(s) to stain on {stainer.device} ({stainer.precision}), tile {stainer.tile}, "
+        f"overlap {stainer.overlap}, norm {stainer.norm}" + (f"; {skipped_existing} already done" if skipped_existing else ""),
+        file=sys.stderr,
+    )
+
+    # Sizes from the headers, for a progress bar counted in tile passes.
+    total = 0
+    for src, _ in todo:
+        try:
+            total += stainer.passes_for(*image_size(src))
+        except TdkstainError:
+            total += 1  # reported when it is read
+    bad: list[str] = []
+    done = 0
+    bar = tqdm(total=total, unit="tile", disable=True if args.no_progress else None, file=sys.stderr)
+
+    def read(path: Path):
+        return read_rgb_with_notes(path)
+
+    with ThreadPoolExecutor(max_workers=args.workers) as pool:
+        # decode ahead of the model, a bounded number of images at a time
+        window = args.workers + 1
+        pending = [pool.submit(read, src) for src, _ in todo[:window]]
+        writes = []
+        for i, (src, dst) in enumerate(todo):
+            future = pending.pop(0)
+            if i + window < len(todo):
+                pending.append(pool.submit(read, todo[i + window][0]))
+            try:
+                he, notes = future.result()
+            except TdkstainError as err:
+                if not args.skip_bad:
+                    raise TdkstainError(f"{err} (pass --skip-bad to skip unreadable inputs)") from err
+                bad.append(f"{src}: {err}")
+                bar.update(1)
+                continue
+            for note in notes:
+                print(f"{src}: {note}", file=sys.stderr)
+            bar.set_postfix_str(src.name, refresh=False)
+            ihc = stainer.stain_image(he, progress=bar.update)
+            writes.append(pool.submit(write_png, dst, ihc))
+            done += 1
+        for w in writes:
+            w.result()
+    bar.close()
+
+    summary = f"stained {done} image(s) into {out_dir}"
+    if skipped_existing:
+        summary += f"; skipped {skipped_existing} existing (pass --force to redo)"
+    if bad:
+        summary += f"; skipped {len(bad)} unreadable:\n  " + "\n  ".join(bad)
+    print(summary)
+    return 0

@@ -1,0 +1,388 @@
+"""The staining engine: a generator, a device and a precision, applied to tiles and images.
+
+See the package docstring (:mod:`tdkstain.inference`) for the norm modes and
+how slides use these building blocks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from tdkstain.errors import TdkstainError
+from tdkstain.inference.norm import (
+    ConsistentInstanceNorm,
+    NormStats,
+    combine_stats,
+    consistent_norm_copy,
+    neighbourhood_stats,
+)
+from tdkstain.inference.tiling import Blender, TileGrid
+
+__all__ = ["Stainer", "NORM_MODES", "PRECISIONS", "DEFAULT_NORM", "resolve_device", "downsampling_factor"]
+
+NORM_MODES = ("tile", "global", "kernel")
+PRECISIONS = ("fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# The default norm mode for images larger than a tile: chosen by measurement
+# (benchmarks/seams.py; numbers in the package docstring).
+DEFAULT_NORM = "global"
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as ``torch.device`` parses it."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise TdkstainError(f"device {device!r} is not a device name; use auto, cpu, cuda or cuda:N") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise TdkstainError(f"device {device!r} asked for, but PyTorch sees no CUDA device; use --device cpu")
+    return resolved
+
+
+def downsampling_factor(network: nn.Module) -> int:
+    """The factor tile sizes and tile positions must be multiples of.
+
+    A ``ResnetGenerator`` with ``n_downsampling`` d needs ``2**d`` (sizes that
+    are not give a differently sized output, and tiles that start off that
+    lattice subsample differently from the whole image). Other networks:
+    the product of the strides of their strided convolutions.
+    """
+    kwargs = getattr(network, "init_kwargs", None)
+    if isinstance(kwargs, dict) and "n_downsampling" in kwargs:
+        return 2 ** int(kwargs["n_downsampling"])
+    factor = 1
+    for m in network.modules():
+        if isinstance(m, nn.Conv2d):
+            factor *= int(m.stride[0])
+    return factor
+
+
+def _pad_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Pad an ``(H, W, C)`` image at the bottom and right to ``height x width`` by mirror reflection."""
+    pad_h, pad_w = height - image.shape[0], width - image.shape[1]
+    if pad_h == 0 and pad_w == 0:
+        return image
+    # reflect needs at least 2 pixels; np.pad repeats the reflection for pads larger than the image
+    mode = "reflect" if min(image.shape[:2]) > 1 else "edge"
+    return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)
+
+
+class Stainer:
+    """Stains H&E with a generator: whole images, tiled images, or tiles for slides.
+
+    Args:
+        generator: an H&E -> IHC network, ``(B, 3, H, W)`` -> ``(B, 3, H, W)``
+            in [-1, 1] (e.g. ``tdkstain.networks.ResnetGenerator``). Not
+            modified: the Stainer works on a copy.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        precision: ``"fp32"``; ``"bf16"`` or ``"fp16"`` run the convolutions
+            under ``torch.autocast`` (instance norm stays float32).
+        channels_last: memory format of weights and inputs; None -> True on
+            CUDA (tensor cores prefer NHWC), False on CPU.
+        tile: tile side in pixels for images larger than one tile; a multiple
+            of :func:`downsampling_factor` (8 for the release's generator).
+        overlap: overlap of neighbouring tiles, a multiple of that factor, < tile.
+        batch: tiles per forward pass.
+        norm: ``"tile"`` (plain instance norm per tile, the naive way),
+            ``"global"`` (statistics pooled over all tiles of the image) or
+            ``"kernel"`` (pooled over the tiles within ``kernel_radius``).
+        kernel_radius: window half-width in tiles for ``"kernel"``.
+        stat_passes: statistics passes for ``"global"`` / ``"kernel"``: 1
+            collects every layer's statistics in one plain-instance-norm pass;
+            each further pass re-collects them with the pooled statistics of
+            the previous pass applied (so layer k is exact after k passes).
+        blend_margin: outer pixels of a tile side with a neighbour that get
+            blending weight 0; default ``overlap // 4`` (ramps across the
+            middle half of the overlap, away from the tile borders where the
+            receptive field is cut off).
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        *,
+        device: str | torch.device = "auto",
+        precision: str = "fp32",
+        channels_last: bool | None = None,
+        tile: int = 512,
+        overlap: int = 64,
+        batch: int = 4,
+        norm: str = DEFAULT_NORM,
+        kernel_radius: int = 1,
+        stat_passes: int = 1,
+        blend_margin: int | None = None,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise TdkstainError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if norm not in NORM_MODES:
+            raise TdkstainError(f"norm must be one of {', '.join(NORM_MODES)}, got {norm!r}")
+        self.align = downsampling_factor(generator)
+        if tile < self.align or tile % self.align:
+            raise TdkstainError(f"tile {tile} must be a positive multiple of {self.align} (the generator downsamples by {self.align})")
+        if not 0 <= overlap < tile or overlap % self.align:
+            raise TdkstainError(f"overlap {overlap} must be a multiple of {self.align} in [0, tile {tile})")
+        if overlap > tile // 2:
+            raise TdkstainError(f"overlap {overlap} must be at most half the tile ({tile // 2}); larger overlaps waste work")
+        if batch < 1 or kernel_radius < 0 or stat_passes < 1:
+            raise TdkstainError(f"need batch >= 1, kernel_radius >= 0, stat_passes >= 1; got {batch}, {kernel_radius}, {stat_passes}")
+        margin = overlap // 4 if blend_margin is None else int(blend_margin)
+        if not 0 <= 2 * margin <= overlap:
+            raise TdkstainError(f"blend_margin {margin} must be in [0, overlap / 2 = {overlap // 2}]")
+        self.device = resolve_device(device)
+        if precision == "fp16" and self.device.type == "cpu":
+            raise TdkstainError("precision fp16 needs CUDA; on CPU use bf16 or fp32")
+        self.precision = precision
+        self.channels_last = (self.device.type == "cuda") if channels_last is None else bool(channels_last)
+        self.tile, self.overlap, self.batch = int(tile), int(overlap), int(batch)
+        self.norm, self.kernel_radius, self.stat_passes = norm, int(kernel_radius), int(stat_passes)
+        self.blend_margin = margin
+
+        network, norms = consistent_norm_copy(generator)
+        network = network.to(self.device).eval()
+        for p in network.parameters():
+            p.requires_grad_(False)
+        if self.channels_last:
+            network = network.to(memory_format=torch.channels_last)
+        self.network: nn.Module = network
+        self._norms: list[ConsistentInstanceNorm] = norms
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, **kwargs: Any) -> tuple["Stainer", dict[str, Any]]:
+        """A Stainer for a run folder, our safetensors, or the authors' ``latest_net_G.pth``.
+
+        Returns ``(stainer, model_card)``; keyword arguments go to the constructor.
+        """
+        from tdkstain.checkpoints import load_generator_with_card
+
+        generator, card = load_generator_with_card(path)
+        return cls(generator, **kwargs), card
+
+    def __repr__(self) -> str:
+        return (
+            f"Stainer(device={self.device}, precision={self.precision}, channels_last={self.channels_last}, "
+            f"tile={self.tile}, overlap={self.overlap}, batch={self.batch}, norm={self.norm!r}, "
+            f"kernel_radius={self.kernel_radius}, stat_passes={self.stat_passes})"
+        )
+
+    @property
+    def num_norm_layers(self) -> int:
+        """Instance-norm layers whose statistics a :class:`NormStats` holds (25 for the release's G)."""
+        return len(self._norms)
+
+    # ------------------------------------------------------------------ tensors
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=_AUTOCAST_DTYPES[self.precision])
+
+    def _to_tensor(self, tiles: Sequence[np.ndarray]) -> torch.Tensor:
+        shape = tiles[0].shape
+        for t in tiles:
+            if t.dtype != np.uint8 or t.ndim != 3 or t.shape[2] != 3:
+                raise TdkstainError(f"tiles must be (H, W, 3) uint8 RGB arrays, got {t.dtype} of shape {t.shape}")
+            if t.shape != shape:
+                raise TdkstainError(f"tiles of one call must have one shape; got {shape} and {t.shape}")
+        if shape[0] % self.align or shape[1] % self.align:
+            raise TdkstainError(f"tile size {shape[0]}x{shape[1]} is not a multiple of {self.align}; pad it (stain_image does)")
+        batch = torch.from_numpy(np.stack(tiles)).to(self.device, non_blocking=True)
+        # (B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1] (x / 127.5 - 1, docs/ARCHITECTURE.md)
+        x = batch.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+
+    def _set_norms(self, stats: Sequence[NormStats] | None, record: bool) -> None:
+        for l, norm in enumerate(self._norms):
+            norm.recording = record
+            norm.recorded = None
+            if stats is None:
+                norm.supplied = None
+            else:
+                mean = np.stack([s.mean[l] for s in stats])
+                var = np.stack([s.var[l] for s in stats])
+                norm.supplied = (
+                    torch.from_numpy(mean).to(self.device, torch.float32),
+                    torch.from_numpy(var).to(self.device, torch.float32),
+                )
+
+    def _check_stats(self, stats: Sequence[NormStats] | None, count: int) -> None:
+        if stats is None:
+            return
+        if len(stats) != count:
+            raise TdkstainError(f"got {len(stats)} NormStats for {count} tiles; pass one per tile")
+        for s in stats:
+            if s.num_layers != len(self._norms):
+                raise TdkstainError(f"NormStats has {s.num_layers} layers, the generator {len(self._norms)}; stats of another network?")
+
+    def _forward(
+        self,
+        tiles: Sequence[np.ndarray],
+        stats: Sequence[NormStats] | None,
+        record: bool,
+    ) -> tuple[torch.Tensor, list[NormStats] | None]:
+        x = self._to_tensor(tiles)
+        pixels = float(tiles[0].shape[0] * tiles[0].shape[1])
+        self._set_norms(stats, record)
+        try:
+            with torch.inference_mode(), self._autocast():
+                y = self.network(x)
+            recorded = None
+            if record:
+                layers = [(n.recorded[0].double().cpu().numpy(), n.recorded[1].double().cpu().numpy()) for n in self._norms]
+                recorded = [
+                    NormStats(tuple(m[b] for m, _ in layers), tuple(v[b] for _, v in layers), pixels)
+                    for b in range(len(tiles))
+                ]
+        finally:
+            self._set_norms(None, False)
+        return y, recorded
+
+    @staticmethod
+    def _to_rgb_float(y: torch.Tensor) -> np.ndarray:
+        # (B, 3, H, W) in [-1, 1] -> (B, H, W, 3) float32 in [0, 255]
+        return ((y.float().clamp(-1, 1) + 1.0) * 127.5).permute(0, 2, 3, 1).cpu().numpy()
+
+    def _batches(self, count: int) -> Iterator[slice]:
+        for start in range(0, count, self.batch):
+            yield slice(start, min(start + self.batch, count))
+
+    # ------------------------------------------------------------------ building blocks (slides)
+
+    def tile_stats(
+        self,
+        tiles: Sequence[np.ndarray],
+        stats: Sequence[NormStats] | None = None,
+    ) -> list[NormStats]:
+        """Pass 1: the instance-norm statistics every norm layer sees on each tile.
+
+        Args:
+            tiles: ``(h, w, 3)`` uint8 RGB arrays of one shape, h and w
+                multiples of :attr:`align`.
+            stats: None -> each tile normalised by its own statistics while
+                recording (one plain pass). Or one :class:`NormStats` per tile
+                to apply while recording: a refinement pass, whose recorded
+                statistics of layer k follow from consistent statistics in
+                layers < k (measured worse than one pass; see the package docstring).
+
+        Returns:
+            One :class:`NormStats` per tile (float64, module order), ``pixels``
+            the tile's area.
+        """
+        self._check_stats(stats, len(tiles))
+        out: list[NormStats] = []
+        for s in self._batches(len(tiles)):
+            _, recorded = self._forward(tiles[s], None if stats is None else stats[s], record=True)
+            out.extend(recorded or [])
+        return out
+
+    def stain_tiles(
+        self, tiles: Sequence[np.ndarray], stats: Sequence[NormStats] | None = None, *, as_float: bool = False
+    ) -> list[np.ndarray]:
+        """Stain tiles in batches of :attr:`batch`.
+
+        Args:
+            tiles: ``(h, w, 3)`` uint8 RGB H&E of one shape (multiples of :attr:`align`).
+            stats: None -> plain per-tile instance norm; else one
+                :class:`NormStats` per tile to normalise with (e.g. from
+                :func:`combine_stats` or :func:`neighbourhood_stats`).
+            as_float: return float32 in [0, 255] (for blending) instead of uint8.
+
+        Returns:
+            One ``(h, w, 3)`` IHC tile per input, uint8 (rounded) or float32.
+        """
+        self._check_stats(stats, len(tiles))
+        out: list[np.ndarray] = []
+        for s in self._batches(len(tiles)):
+            y, _ = self._forward(tiles[s], None if stats is None else stats[s], record=False)
+            rgb = self._to_rgb_float(y)
+            out.extend(rgb if as_float else np.rint(rgb).astype(np.uint8))
+        return out
+
+    def grid(self, height: int, width: int) -> TileGrid:
+        """The tile grid :meth:`stain_image` uses for an image of this size (after padding to :attr:`align`)."""
+        return TileGrid(_round_up(height, self.align), _round_up(width, self.align), self.tile, self.overlap)
+
+    def pooled_stats(self, grid: TileGrid, stats: Sequence[NormStats]) -> list[NormStats]:
+        """Per-tile statistics -> the statistics each tile is stained with, per :attr:`norm`.
+
+        ``stats`` follows ``grid.positions``. "global": every tile gets the
+        pool of all; "kernel": its neighbourhood's pool; "tile": its own.
+        """
+        if self.norm == "global":
+            pooled = combine_stats(stats)
+            return [pooled] * len(stats)
+        if self.norm == "kernel":
+            by_index = neighbourhood_stats({p.index: s for p, s in zip(grid.positions, stats)}, self.kernel_radius)
+            return [by_index[p.index] for p in grid.positions]
+        return list(stats)
+
+    # ------------------------------------------------------------------ images
+
+    def stain_image(self, he: np.ndarray, *, progress: Callable[[int], Any] | None = None) -> np.ndarray:
+        """Stain an H&E image of any size.
+
+        Images that fit in one tile go through the generator whole (padded by
+        reflection to a multiple of :attr:`align`, then cropped). Larger
+        images are tiled (:meth:`grid`), normalised per :attr:`norm`, and the
+        tiles blended with :meth:`TileGrid.weights`.
+
+        Args:
+            he: ``(H, W, 3)`` uint8 RGB.
+            progress: called with the number of tile forward passes just done
+                (for a progress bar); :meth:`passes_for` says how many in all.
+
+        Returns:
+            ``(H, W, 3)`` uint8 RGB virtual IHC.
+        """
+        if not isinstance(he, np.ndarray) or he.dtype != np.uint8 or he.ndim != 3 or he.shape[2] != 3 or 0 in he.shape:
+            got = f"{he.dtype} array of shape {he.shape}" if isinstance(he, np.ndarray) else type(he).__name__
+            raise TdkstainError(f"stain_image takes an (H, W, 3) uint8 RGB image, got {got}")
+        height, width = he.shape[:2]
+        padded = _pad_to(he, _round_up(height, self.align), _round_up(width, self.align))
+        tick = progress or (lambda n: None)
+        if padded.shape[0] <= self.tile and padded.shape[1] <= self.tile:
+            out = self.stain_tiles([padded])[0]
+            tick(1)
+            return out[:height, :width]
+
+        grid = TileGrid(padded.shape[0], padded.shape[1], self.tile, self.overlap)
+        positions = grid.positions
+        tiles = [p.crop(padded) for p in positions]
+        applied: list[NormStats] | None = None
+        if self.norm != "tile":
+            for _ in range(self.stat_passes):
+                recorded: list[NormStats] = []
+                for s in self._batches(len(tiles)):
+                    recorded += self.tile_stats(tiles[s], None if applied is None else applied[s])
+                    tick(s.stop - s.start)
+                applied = self.pooled_stats(grid, recorded)
+        blender = Blender(padded.shape[0], padded.shape[1])
+        for s in self._batches(len(tiles)):
+            stained = self.stain_tiles(tiles[s], None if applied is None else applied[s], as_float=True)
+            for p, t in zip(positions[s], stained):
+                blender.add(t, p.y, p.x, grid.weights(p, self.blend_margin))
+            tick(s.stop - s.start)
+        return blender.result()[:height, :width]
+
+    def passes_for(self, height: int, width: int) -> int:
+        """Tile forward passes :meth:`stain_image` makes for an image of this size (for progress bars)."""
+        if _round_up(height, self.align) <= self.tile and _round_up(width, self.align) <= self.tile:
+            return 1
+        n = len(self.grid(height, width))
+        return n * (1 + (0 if self.norm == "tile" else self.stat_passes))
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)
