@@ -25,7 +25,6 @@ COMMANDS: dict[str, str] = {
     "import-checkpoint": "import_checkpoint",
     "demo": "demo",
     "translate": "translate",
-    "slide": "slide",
 }
 
 
