@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "train": "train",
     "import-checkpoint": "import_checkpoint",
     "demo": "demo",
+    "evaluate": "evaluate",
     "translate": "translate",
 }
 

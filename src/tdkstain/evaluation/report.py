@@ -1,0 +1,278 @@
+"""The evaluation report: plots (matplotlib, Agg), tile grids and ``index.html``.
+
+Everything the page shows is a file in the report folder, linked by a
+relative URL, so the folder can be zipped, moved or served as it is.
+
+Layout::
+
+    OUT/index.html
+    OUT/metrics.json, OUT/per_image.csv
+    OUT/plots/nuclei_count_difference.png        Fig. 3a: histogram per method
+    OUT/plots/membrane_mask_mae.png              Fig. 3b-e: mask MAE vs threshold, per HER2 score
+    OUT/plots/membrane_fraction_difference.png   stained-area fraction difference vs threshold
+    OUT/grids/METHOD/STEM.png                    H&E | real | generated | masks | overlays
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+from urllib.parse import quote
+
+import numpy as np
+
+from tdkstain.atomic import atomic_path, write_text_atomic
+from tdkstain.images import read_rgb, write_png
+from tdkstain.knowledge import ExtractionParams, membrane_mask_binary
+from tdkstain.nuclei import detect_nuclei
+from tdkstain.overlays import membrane_nuclei_overlay, montage
+
+if TYPE_CHECKING:
+    from tdkstain.evaluation.pairing import ImagePair
+    from tdkstain.evaluation.runner import EvaluationOptions, MethodResult
+
+GRID_SIDE = 256  # px per image in a grid
+GRID_COLUMNS = (
+    "H&E",
+    "real IHC",
+    "generated IHC",
+    "real membrane mask",
+    "generated membrane mask",
+    "real: membrane + nuclei",
+    "generated: membrane + nuclei",
+)
+_GROUPS = ("all", "0", "1+", "2+", "3+")
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    _pyplot().close(fig)
+
+
+def plot_nuclei_histogram(path: Path, differences: dict[str, Sequence[int]]) -> Path:
+    """Histogram of per-tile nuclei count differences (generated - real), one outline per method."""
+    plt = _pyplot()
+    values = [d for ds in differences.values() for d in ds]
+    low, high = (min(values), max(values)) if values else (-1, 1)
+    bins = np.arange(low - 0.5, high + 1.5, max(1, int(np.ceil((high - low + 1) / 40))))
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    for name, ds in differences.items():
+        mae = float(np.mean(np.abs(ds))) if len(ds) else float("nan")
+        ax.hist(ds, bins=bins, histtype="step", linewidth=1.6, label=f"{name} (MAE {mae:.2f})")
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_xlabel("nuclei count difference per tile (generated - real)")
+    ax.set_ylabel("tiles")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    return path
+
+
+def plot_membrane_curves(path: Path, summaries: dict[str, dict], key: str, ylabel: str) -> Path:
+    """One panel per HER2 group (all, 0, 1+, 2+, 3+ when present), one line per method, x = threshold."""
+    plt = _pyplot()
+    groups = [g for g in _GROUPS if any(g in s["membrane"][key] for s in summaries.values())]
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3.2), dpi=100, sharey=True, squeeze=False)
+    for ax, group in zip(axes[0], groups):
+        for name, s in summaries.items():
+            if group in s["membrane"][key]:
+                n = s["membrane"]["tiles_per_group"][group]
+                ax.plot(s["membrane"]["thresholds"], s["membrane"][key][group], marker=".", label=f"{name}")
+                ax.set_title(f"HER2 {group}" if group != "all" else "all tiles", fontsize=10)
+                ax.text(0.98, 0.98, f"n={n}", transform=ax.transAxes, ha="right", va="top", fontsize=8)
+        if key == "fraction_difference":
+            ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set_xlabel("DAB saturation threshold")
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][-1].legend(fontsize=8)
+    _save(fig, path)
+    return path
+
+
+def _thumbnail(image: np.ndarray, side: int) -> np.ndarray:
+    """(H, W, 3) or (H, W) uint8 -> at most ``side`` px on its longer edge (area-averaged)."""
+    from PIL import Image
+
+    scale = side / max(image.shape[:2])
+    if scale >= 1:
+        return image
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
+
+
+def tile_grid(he: np.ndarray | None, real: np.ndarray, generated: np.ndarray, params: ExtractionParams, side: int = GRID_SIDE) -> np.ndarray:
+    """One row: H&E | real | generated | both membrane masks | both membrane + nuclei overlays.
+
+    Masks use the training extraction settings (unblurred); nuclei come from
+    ``detect_nuclei`` with the same settings. Each image is shrunk to ``side`` px.
+    Returns (h, w, 3) uint8.
+    """
+    cells = []
+    scale = min(1.0, side / max(real.shape[:2]))
+    blank = np.full_like(_thumbnail(real, side), 255)
+    cells.append(_thumbnail(he, side) if he is not None and he.shape == real.shape else blank)
+    cells += [_thumbnail(real, side), _thumbnail(generated, side)]
+    masks = [np.where(membrane_mask_binary(im, params.membrane), 255, 0).astype(np.uint8) for im in (real, generated)]
+    cells += [np.repeat(_thumbnail(m, side)[..., None], 3, axis=2) for m in masks]
+    for image, mask in zip((real, generated), masks):
+        centroids = detect_nuclei(image, params.nuclei) * scale
+        cells.append(membrane_nuclei_overlay(_thumbnail(image, side), _thumbnail(mask, side), centroids))
+    return montage(cells, columns=len(cells), gap=4)
+
+
+def choose_grid_tiles(pairs: Sequence["ImagePair"], per_group: int) -> list["ImagePair"]:
+    """The first ``per_group`` tiles (by stem) of each HER2 score; unlabelled tiles form one group."""
+    chosen: list[ImagePair] = []
+    for label in ("0", "1+", "2+", "3+", None):
+        chosen += [p for p in pairs if p.label == label][:per_group]
+    return chosen
+
+
+def _href(path: Path, root: Path) -> str:
+    return quote(path.relative_to(root).as_posix())
+
+
+def _fmt(entry: dict, key: str = "mean", digits: int = 4) -> str:
+    if entry.get("available") is False:
+        return '<span class="na" title="{}">n/a</span>'.format(html.escape(entry.get("reason", "")))
+    value = entry.get(key, entry.get("value"))
+    if value is None:
+        return "-"
+    text = f"{value:.{digits}f}"
+    if "std" in entry and entry.get("std") is not None and key == "mean":
+        text += f" &plusmn; {entry['std']:.{digits}f}"
+    if entry.get("canonical") is False:
+        text += ' <span class="na" title="non-canonical weights">*</span>'
+    return text
+
+
+def write_report(
+    out_dir: Path,
+    metrics: dict,
+    results: Sequence["MethodResult"],
+    pairs: Sequence["ImagePair"],
+    params: ExtractionParams,
+    options: "EvaluationOptions",
+) -> Path:
+    """Write plots, grids and ``index.html`` under ``out_dir``; returns the HTML path."""
+    out_dir = Path(out_dir)
+    plots = out_dir / "plots"
+    summaries = {name: m["knowledge"] for name, m in metrics["methods"].items()}
+    figures = [
+        (plot_nuclei_histogram(plots / "nuclei_count_difference.png",
+                               {n: s["nuclei"]["differences"] for n, s in summaries.items()}),
+         "Nuclei count difference per tile (Fig. 3a): generated minus real, same detector as training."),
+        (plot_membrane_curves(plots / "membrane_mask_mae.png", summaries, "mask_mae", "mask MAE (pixels)"),
+         "Membrane staining intensity error (Fig. 3b-e): share of pixels where the real and generated DAB masks "
+         "disagree, per saturation threshold and HER2 score."),
+        (plot_membrane_curves(plots / "membrane_fraction_difference.png", summaries, "fraction_difference",
+                              "stained fraction, generated - real"),
+         "Stained-area fraction difference (generated - real) per threshold; below zero the generator under-stains."),
+    ]
+    grid_rows: list[tuple[str, str | None, list[tuple[str, Path]]]] = []
+    for pair in choose_grid_tiles(pairs, options.grid_tiles):
+        real = read_rgb(pair.real)
+        he = read_rgb(pair.he) if pair.he is not None else None
+        images = []
+        for r in results:
+            fake_path = next(p.fake for p in r.pairing.pairs if p.stem == pair.stem)
+            path = out_dir / "grids" / r.name / f"{pair.stem}.png"
+            write_png(path, tile_grid(he, real, read_rgb(fake_path), params))
+            images.append((r.name, path))
+        grid_rows.append((pair.stem, pair.label, images))
+    page = _render_html(out_dir, metrics, figures, grid_rows)
+    path = out_dir / "index.html"
+    write_text_atomic(path, page)
+    return path
+
+
+def _render_html(out_dir: Path, metrics: dict, figures: list[tuple[Path, str]], grid_rows: list) -> str:
+    e = html.escape
+    methods = metrics["methods"]
+    title = "tdkstain evaluation" + (f": {', '.join(methods)}" if len(methods) > 1 else f": {next(iter(methods))}")
+    rows = []
+    for name, m in methods.items():
+        k = m["knowledge"]
+        rows.append(
+            f"<tr><th>{e(name)}</th><td>{_fmt(m['ssim'])}</td><td>{_fmt(m['psnr'], digits=2)}</td>"
+            f"<td>{_fmt(m['fid'], 'value', 2)}</td><td>{_fmt(m['kid'], digits=4)}</td>"
+            f"<td>{_fmt(m['dists'])}</td><td>{_fmt(m['lpips'])}</td>"
+            f"<td>{k['nuclei']['mae']:.2f}</td><td>{k['membrane']['mean_mask_mae']:.4f}</td>"
+            f"<td>{k['membrane']['training_mask_mae']:.4f}</td></tr>"
+        )
+    definitions = "".join(
+        f"<li><b>{e(key.upper())}</b>{'' if d.get('available', True) else ' (unavailable here)'}: {e(d['definition'])}</li>"
+        for key, d in metrics["definitions"].items()
+    )
+    first = next(iter(methods.values()))["knowledge"]
+    definitions += f"<li><b>Nuclei MAE</b>: {e(first['nuclei']['definition'])}</li>"
+    definitions += f"<li><b>Membrane mask MAE</b>: {e(first['membrane']['mask_mae_definition'])}; the table gives its mean over thresholds</li>"
+    definitions += f"<li><b>Mask MAE at training settings</b>: {e(first['membrane']['training_mask_mae_definition'])}</li>"
+    unavailable = "".join(
+        f"<li>{e(name)} / {e(metric.upper())}: {e(m[metric]['reason'])}</li>"
+        for name, m in methods.items() for metric in ("fid", "kid", "dists", "lpips") if m[metric].get("available") is False
+    )
+    pairing = "".join(
+        f"<li>{e(name)}: {m['pairing']['pairs']} pairs; real tiles without a generated one: "
+        f"{_stems(m['pairing']['unpaired_real'])}; generated without a real one: {_stems(m['pairing']['unpaired_fake'])}"
+        f"{'; missing H&amp;E: ' + _stems(m['pairing']['missing_he']) if m['pairing']['missing_he'] else ''}"
+        f"{'; left out (not generated by every method): ' + _stems(m['pairing']['not_in_every_method']) if m['pairing']['not_in_every_method'] else ''}</li>"
+        for name, m in methods.items()
+    )
+    labels = ", ".join(f"{e(str(k))}: {v}" for k, v in metrics["tiles_per_label"].items())
+    figure_html = "".join(
+        f'<figure><img src="{_href(path, out_dir)}" alt="{e(path.stem)}"><figcaption>{e(caption)}</figcaption></figure>'
+        for path, caption in figures
+    )
+    grid_html = ""
+    if grid_rows:
+        grid_html = "<h2>Tiles</h2><p class=small>Columns: " + " | ".join(e(c) for c in GRID_COLUMNS) + \
+            ". Masks and nuclei with the training extraction settings; green = membrane outline, magenta = nuclei.</p>"
+        for stem, label, images in grid_rows:
+            grid_html += f"<h3>{e(stem)}{' (HER2 ' + e(label) + ')' if label else ''}</h3>"
+            grid_html += "".join(
+                f'<figure><img class=grid src="{_href(path, out_dir)}" alt="{e(name)} {e(stem)}"><figcaption>{e(name)}</figcaption></figure>'
+                for name, path in images
+            )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; max-width: 1900px; }}
+table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
+th:first-child {{ text-align: left; }} .na {{ color: #a00; }} .small {{ font-size: 90%; color: #444; }}
+figure {{ margin: 0.5em 0 1.5em 0; }} img {{ max-width: 100%; }} img.grid {{ image-rendering: auto; }}
+</style></head><body>
+<h1>{e(title)}</h1>
+<p>{metrics['tiles']} tiles of <code>{e(metrics['real_dir'])}</code> (HER2: {labels or 'no labels'}); labels {e(str(metrics['labels']))};
+extraction settings: {e(metrics['extraction_params_source'])}. tdkstain {e(metrics['tdkstain_version'])}, {e(metrics['created'])}.
+Data: <a href="metrics.json">metrics.json</a>, <a href="per_image.csv">per_image.csv</a>.</p>
+<h2>Metrics</h2>
+<table><tr><th>method</th><th>SSIM &uarr;</th><th>PSNR (dB) &uarr;</th><th>FID &darr;</th><th>KID &darr;</th>
+<th>DISTS &darr;</th><th>LPIPS &darr;</th><th>nuclei MAE &darr;</th><th>membrane mask MAE &darr;</th><th>mask MAE, training settings &darr;</th></tr>
+{''.join(rows)}</table>
+<p class=small>Mean &plusmn; standard deviation over tiles. n/a: the metric could not be computed here (hover for why).</p>
+{'<h3>Unavailable metrics</h3><ul class=small>' + unavailable + '</ul>' if unavailable else ''}
+<h3>Definitions</h3><ul class=small>{definitions}</ul>
+<h3>Pairing</h3><ul class=small>{pairing}</ul>
+<h2>Knowledge analyses</h2>{figure_html}
+{grid_html}
+</body></html>
+"""
+
+
+def _stems(stems: list[str], limit: int = 20) -> str:
+    if not stems:
+        return "none"
+    shown = ", ".join(html.escape(s) for s in stems[:limit])
+    return f"{len(stems)} ({shown}{', ...' if len(stems) > limit else ''})"
