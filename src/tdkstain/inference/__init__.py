@@ -29,7 +29,7 @@ The engine (stable API; ``tdkstain translate`` and ``tdkstain slide`` use it)::
   ``row_borders`` / ``col_borders``; :func:`blend_weights` ``(tile, overlap,
   margin=0)``: an interior tile's ramps, which sum to 1 over a uniform grid;
   :class:`Blender` accumulates ``weight * tile`` and divides by the weight sum.
-- :func:`seam_score` ``(image, tile, overlap=0, *, band=1, grid=None) -> float``:
+- :func:`seam_score` ``(image, tile, overlap=0, *, band=4, grid=None) -> float``:
   mean absolute intensity step across tile borders over the same step inside
   tiles (about 1: no visible border).
 

@@ -312,7 +312,7 @@ class Stainer:
 
     def grid(self, height: int, width: int) -> TileGrid:
         """The tile grid :meth:`stain_image` uses for an image of this size (after padding to :attr:`align`)."""
-        return TileGrid(_round_up(height, self.align), _round_up(width, self.align), self.tile, self.overlap)
+        return TileGrid(*self._padded_size(height, width), self.tile, self.overlap)
 
     def pooled_stats(self, grid: TileGrid, stats: Sequence[NormStats]) -> list[NormStats]:
         """Per-tile statistics -> the statistics each tile is stained with, per :attr:`norm`.
@@ -330,7 +330,7 @@ class Stainer:
 
     # ------------------------------------------------------------------ images
 
-    def stain_image(self, he: np.ndarray, *, progress: Callable[[int], Any] | None = None) -> np.ndarray:
+    def stain_image(self, he: np.ndarray, *, progress: Callable[[int], Any] | None = None, as_float: bool = False) -> np.ndarray:
         """Stain an H&E image of any size.
 
         Images that fit in one tile go through the generator whole (padded by
@@ -342,18 +342,19 @@ class Stainer:
             he: ``(H, W, 3)`` uint8 RGB.
             progress: called with the number of tile forward passes just done
                 (for a progress bar); :meth:`passes_for` says how many in all.
+            as_float: return float32 in [0, 255] instead of rounding to uint8.
 
         Returns:
-            ``(H, W, 3)`` uint8 RGB virtual IHC.
+            ``(H, W, 3)`` uint8 RGB virtual IHC (float32 with ``as_float``).
         """
         if not isinstance(he, np.ndarray) or he.dtype != np.uint8 or he.ndim != 3 or he.shape[2] != 3 or 0 in he.shape:
             got = f"{he.dtype} array of shape {he.shape}" if isinstance(he, np.ndarray) else type(he).__name__
             raise TdkstainError(f"stain_image takes an (H, W, 3) uint8 RGB image, got {got}")
         height, width = he.shape[:2]
-        padded = _pad_to(he, _round_up(height, self.align), _round_up(width, self.align))
+        padded = _pad_to(he, *self._padded_size(height, width))
         tick = progress or (lambda n: None)
         if padded.shape[0] <= self.tile and padded.shape[1] <= self.tile:
-            out = self.stain_tiles([padded])[0]
+            out = self.stain_tiles([padded], as_float=as_float)[0]
             tick(1)
             return out[:height, :width]
 
@@ -374,11 +375,17 @@ class Stainer:
             for p, t in zip(positions[s], stained):
                 blender.add(t, p.y, p.x, grid.weights(p, self.blend_margin))
             tick(s.stop - s.start)
-        return blender.result()[:height, :width]
+        return blender.result(uint8=not as_float)[:height, :width]
+
+    def _padded_size(self, height: int, width: int) -> tuple[int, int]:
+        # multiples of align, and at least 2 * align so the deepest feature map has more than one
+        # pixel (instance norm of a single value is undefined)
+        return (max(_round_up(height, self.align), 2 * self.align), max(_round_up(width, self.align), 2 * self.align))
 
     def passes_for(self, height: int, width: int) -> int:
         """Tile forward passes :meth:`stain_image` makes for an image of this size (for progress bars)."""
-        if _round_up(height, self.align) <= self.tile and _round_up(width, self.align) <= self.tile:
+        padded_height, padded_width = self._padded_size(height, width)
+        if padded_height <= self.tile and padded_width <= self.tile:
             return 1
         n = len(self.grid(height, width))
         return n * (1 + (0 if self.norm == "tile" else self.stat_passes))

@@ -8,12 +8,13 @@ to end exactly at the image border (its overlap with the previous tile is
 then larger). No padding content is stained.
 
 Blending: every border between two neighbouring tiles gets a linear ramp of
-width ``overlap - 2 * margin`` centred on the middle of their overlap; a
-tile's weight is its left/top ramp times its right/bottom complement (1 at
-image borders). Where consecutive ramps do not overlap each other (always on
-a uniform grid with ``overlap <= tile / 2``) the weights of all tiles sum to
-exactly 1 at every pixel; :class:`Blender` divides by the accumulated weight
-anyway, so that identical tiles reconstruct the image exactly in every case.
+width ``overlap - 2 * margin`` centred on the middle of their overlap
+(narrower where the moved-back last tile brings two borders closer than
+that); a tile's weight is its left/top ramp times its right/bottom
+complement (1 at image borders). Consecutive ramps never meet, so the
+weights of all tiles sum to exactly 1 at every pixel (a partition of unity)
+and identical tiles reconstruct the image exactly; :class:`Blender` divides
+by the accumulated weight all the same.
 With ``margin`` m > 0 the outer m pixels of a tile side that has a
 neighbour get weight 0: a fully convolutional network whose receptive field
 radius is <= m then blends to exactly the whole-image result.
@@ -147,14 +148,24 @@ class TileGrid:
         """x coordinates where columns of tiles hand over."""
         return self._borders(self.col_starts, self.tile_width)
 
+    def _ramp_widths(self, borders: list[float], margin: int) -> list[float]:
+        # overlap - 2 * margin, narrowed where two borders are closer than that (the moved-back last
+        # tile) so that consecutive ramps never meet and the weights stay a partition of unity
+        gaps = np.diff(borders).tolist()
+        widths = []
+        for b in range(len(borders)):
+            near = [g for g in (gaps[b - 1] if b > 0 else None, gaps[b] if b < len(gaps) else None) if g is not None]
+            widths.append(min([float(self.overlap - 2 * margin), *near]))
+        return widths
+
     def _axis_weights(self, starts: list[int], tile: int, i: int, margin: int) -> np.ndarray:
         borders = self._borders(starts, tile)
-        width = self.overlap - 2 * margin
+        widths = self._ramp_widths(borders, margin)
         w = np.ones(tile, dtype=np.float64)
         if i > 0:
-            w *= _ramp(tile, borders[i - 1] - starts[i], width, True)
+            w *= _ramp(tile, borders[i - 1] - starts[i], widths[i - 1], True)
         if i < len(starts) - 1:
-            w *= _ramp(tile, borders[i] - starts[i], width, False)
+            w *= _ramp(tile, borders[i] - starts[i], widths[i], False)
         return w
 
     def weights(self, position: TilePosition, margin: int = 0) -> np.ndarray:

@@ -1,0 +1,340 @@
+"""Inference engine: tiling, blending, consistent instance-norm statistics, seam score.
+
+References are independent computations: whole-image inference through the
+plain generator, float64 statistics from numpy, exact reconstruction of
+known arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tdkstain.errors import TdkstainError
+from tdkstain.inference import (
+    Blender,
+    NormStats,
+    Stainer,
+    TileGrid,
+    blend_weights,
+    combine_stats,
+    consistent_norm_copy,
+    downsampling_factor,
+    neighbourhood_stats,
+    seam_score,
+)
+from tdkstain.networks import ResnetGenerator, init_weights
+
+
+def tiny_generator(seed: int = 0, **kwargs) -> ResnetGenerator:
+    torch.manual_seed(seed)
+    g = ResnetGenerator(**{"ngf": 4, "n_downsampling": 2, "n_blocks": 1, **kwargs})
+    # larger than the release's N(0, 0.02) so the output is not a flat grey and differences show
+    return init_weights(g, std=0.2).eval()
+
+
+def without_norm(g: nn.Module) -> nn.Module:
+    for name, child in g.named_children():
+        if isinstance(child, nn.InstanceNorm2d):
+            setattr(g, name, nn.Identity())
+        else:
+            without_norm(child)
+    return g
+
+
+def reference(g: nn.Module, he: np.ndarray) -> np.ndarray:
+    """Whole-image output of the plain generator, float64 in [0, 255], (H, W, 3)."""
+    x = torch.from_numpy(he.astype(np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
+    with torch.no_grad():
+        y = g(x)[0].clamp(-1, 1).permute(1, 2, 0).double().numpy()
+    return (y + 1) * 127.5
+
+
+def random_he(height: int, width: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    # smooth-ish random texture: blocky noise upsampled, plus fine noise
+    coarse = rng.integers(0, 256, size=(height // 8 + 1, width // 8 + 1, 3))
+    img = np.kron(coarse, np.ones((8, 8, 1)))[:height, :width] * 0.7 + rng.integers(0, 256, size=(height, width, 3)) * 0.3
+    return img.astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- grid and blending
+
+
+@pytest.mark.parametrize(
+    "height,width,tile,overlap",
+    [(100, 100, 32, 8), (97, 131, 32, 8), (64, 64, 64, 0), (20, 300, 64, 16), (1, 1, 8, 0), (257, 63, 64, 32), (200, 200, 48, 0)],
+)
+def test_grid_covers_every_pixel_and_weights_form_a_partition_of_unity(height, width, tile, overlap):
+    grid = TileGrid(height, width, tile, overlap)
+    coverage = np.zeros((height, width), dtype=np.int64)
+    weight_sum = np.zeros((height, width), dtype=np.float64)
+    previous_x: dict[int, int] = {}
+    for p in grid.positions:
+        assert 0 <= p.y and p.y + p.height <= height and 0 <= p.x and p.x + p.width <= width
+        assert (p.height, p.width) == (min(tile, height), min(tile, width))
+        coverage[p.y : p.y + p.height, p.x : p.x + p.width] += 1
+        weight_sum[p.y : p.y + p.height, p.x : p.x + p.width] += grid.weights(p)
+        if p.col > 0:  # neighbours overlap by at least `overlap`
+            assert previous_x[p.row] + p.width - p.x >= overlap
+        previous_x[p.row] = p.x
+    assert coverage.min() >= 1
+    # consecutive ramps never meet, so the weights sum to exactly 1 (also where the last tile moved back)
+    np.testing.assert_allclose(weight_sum, 1.0, atol=1e-6)
+
+
+def test_blend_weights_of_interior_tiles_sum_to_one_over_a_uniform_grid():
+    tile, overlap = 40, 16
+    stride = tile - overlap
+    for margin in (0, 4, 8):
+        w = blend_weights(tile, overlap, margin).astype(np.float64)
+        assert w.shape == (tile, tile) and w.dtype == np.float64 and w.min() >= 0 and w.max() <= 1
+        total = np.zeros((tile + 4 * stride, tile + 4 * stride))
+        for i in range(5):
+            for j in range(5):
+                total[i * stride : i * stride + tile, j * stride : j * stride + tile] += w
+        interior = total[tile : 4 * stride, tile : 4 * stride]  # covered by interior-type neighbours on every side
+        np.testing.assert_allclose(interior, 1.0, atol=1e-6)
+        if margin:
+            assert np.all(w[:margin] == 0) and np.all(w[:, -margin:] == 0)
+
+
+def test_blender_reconstructs_an_image_from_its_tiles_exactly():
+    image = random_he(75, 143).astype(np.float32)
+    grid = TileGrid(75, 143, 32, 12)
+    blender = Blender(75, 143)
+    for p in grid.positions:
+        blender.add(p.crop(image), p.y, p.x, grid.weights(p, margin=3))
+    np.testing.assert_allclose(blender.result(uint8=False), image, atol=1e-3)
+    assert np.array_equal(blender.result(), image.astype(np.uint8))
+
+
+def test_grid_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        TileGrid(10, 10, 8, 8)
+    with pytest.raises(ValueError):
+        TileGrid(0, 10, 8, 0)
+    with pytest.raises(ValueError):
+        blend_weights(16, 4, margin=3)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_combine_stats_equals_statistics_of_the_union():
+    rng = np.random.default_rng(1)
+    parts = [rng.normal(loc=rng.normal(), scale=rng.uniform(0.5, 2), size=(n, 3)) for n in (10, 30, 7)]
+    stats = [NormStats((p.mean(0),), (p.var(0),), float(len(p))) for p in parts]
+    pooled = combine_stats(stats)
+    union = np.concatenate(parts)
+    np.testing.assert_allclose(pooled.mean[0], union.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(pooled.var[0], union.var(0), rtol=1e-12)
+    assert pooled.pixels == 47
+    with pytest.raises(ValueError):
+        combine_stats(stats, weights=[0, 0, 0])
+
+
+def test_neighbourhood_stats_pools_the_window_and_skips_missing_tiles():
+    def s(v: float) -> NormStats:
+        return NormStats((np.array([v]),), (np.array([0.0]),))
+
+    stats = {(r, c): s(10 * r + c) for r in range(3) for c in range(3) if (r, c) != (1, 2)}
+    pooled = neighbourhood_stats(stats, radius=1)
+    assert set(pooled) == set(stats)
+    # corner (0, 0): itself, (0, 1), (1, 0), (1, 1)
+    np.testing.assert_allclose(pooled[(0, 0)].mean[0], [np.mean([0, 1, 10, 11])])
+    # (0, 2): (0, 1), (0, 2), (1, 1); (1, 2) is missing
+    np.testing.assert_allclose(pooled[(0, 2)].mean[0], [np.mean([1, 2, 11])])
+    assert pooled[(0, 2)].var[0][0] > 0  # between-tile variance counted
+    assert neighbourhood_stats(stats, radius=0)[(2, 2)] is stats[(2, 2)]
+
+
+def test_recorded_statistics_match_numpy_and_the_copy_leaves_the_generator_alone():
+    g = tiny_generator()
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    stainer = Stainer(g, device="cpu", tile=64, overlap=16)
+    he = random_he(48, 64)
+    (stats,) = stainer.tile_stats([he])
+    assert stats.num_layers == stainer.num_norm_layers == 1 + 2 + 2 + 2  # stem, 2 down, 1 block (2), 2 up
+    # first norm layer: input is conv1(reflect_pad(x)), recomputed here in float64
+    x = torch.from_numpy(he.astype(np.float64)).permute(2, 0, 1)[None] / 127.5 - 1
+    conv = g.model[1].double()
+    with torch.no_grad():
+        h = conv(g.model[0](x))[0].numpy()
+    g.model[1].float()
+    np.testing.assert_allclose(stats.mean[0], h.mean(axis=(1, 2)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(stats.var[0], h.var(axis=(1, 2)), rtol=1e-4, atol=1e-7)
+    assert all(isinstance(m, nn.InstanceNorm2d) for m in g.modules() if "Norm" in type(m).__name__)
+    assert all(torch.equal(before[k], v) for k, v in g.state_dict().items())
+
+
+def test_own_statistics_applied_reproduce_plain_instance_norm():
+    g = tiny_generator(1)
+    stainer = Stainer(g, device="cpu", tile=64, overlap=16, batch=2)
+    tiles = [random_he(64, 64, seed) for seed in range(3)]
+    own = stainer.tile_stats(tiles)
+    plain = stainer.stain_tiles(tiles, as_float=True)
+    applied = stainer.stain_tiles(tiles, own, as_float=True)
+    for a, b, t in zip(plain, applied, tiles):
+        np.testing.assert_allclose(a, b, atol=2e-3)
+        np.testing.assert_allclose(a, reference(g, t), atol=2e-3)
+
+
+# --------------------------------------------------------------------------- tiled equals untiled
+
+
+def test_tiled_equals_whole_image_for_a_network_without_instance_norm():
+    g = without_norm(tiny_generator(2, n_downsampling=1))
+    he = random_he(151, 173)  # odd sizes: padded to multiples of 2 and cropped back
+    # receptive-field radius of this network is 13 px; blend_margin 16 keeps every used pixel
+    # at least that far from a tile border, so the tiles see exactly what the whole image sees.
+    tiled = Stainer(g, device="cpu", tile=64, overlap=32, blend_margin=16).stain_image(he, as_float=True)
+    whole = Stainer(g, device="cpu", tile=256).stain_image(he, as_float=True)
+    assert tiled.shape == whole.shape == (151, 173, 3)
+    np.testing.assert_allclose(tiled, whole, atol=1e-3)
+    np.testing.assert_allclose(whole, reference(g, np.pad(he, ((0, 1), (0, 1), (0, 0)), mode="reflect"))[:151, :173], atol=1e-3)
+
+
+def test_global_statistics_of_the_whole_image_make_tiles_equal_whole_image_inference():
+    g = tiny_generator(3)  # instance norm, n_downsampling 2: receptive-field radius 23 px
+    he = random_he(200, 232)
+    whole_stainer = Stainer(g, device="cpu", tile=256)
+    whole = whole_stainer.stain_image(he, as_float=True)
+    np.testing.assert_allclose(whole, reference(g, he), atol=2e-3)
+    (exact,) = whole_stainer.tile_stats([he])
+
+    tiled = Stainer(g, device="cpu", tile=96, overlap=48, blend_margin=24)
+    grid = tiled.grid(200, 232)
+    blender = Blender(200, 232)
+    tiles = [p.crop(he) for p in grid.positions]
+    for p, out in zip(grid.positions, tiled.stain_tiles(tiles, [exact] * len(tiles), as_float=True)):
+        blender.add(out, p.y, p.x, grid.weights(p, tiled.blend_margin))
+    # with the statistics fixed the network is convolutional; agreement to float rounding
+    np.testing.assert_allclose(blender.result(uint8=False), whole, atol=1e-2)
+
+    # naive per-tile instance norm is far from it
+    naive = Stainer(g, device="cpu", tile=96, overlap=48, norm="tile").stain_image(he, as_float=True)
+    assert np.abs(naive - whole).mean() > 1.0
+
+
+def test_consistent_modes_are_closer_to_whole_image_than_per_tile_norm(shared_dir):
+    from tdkstain.checkpoints import load_generator
+    from tdkstain.images import read_rgb
+
+    g = load_generator(shared_dir / "fixtures" / "official" / "official_G_ngf8.pth")
+    he = read_rgb(shared_dir / "data" / "he_tiatoolbox_target.png")[:256, :256]
+    whole = Stainer(g, device="cpu", tile=256).stain_image(he, as_float=True)
+    naive = Stainer(g, device="cpu", tile=128, overlap=32, norm="tile").stain_image(he, as_float=True)
+    for norm in ("global", "kernel"):
+        consistent = Stainer(g, device="cpu", tile=128, overlap=32, norm=norm, kernel_radius=1).stain_image(he, as_float=True)
+        assert np.abs(consistent - whole).mean() < 0.8 * np.abs(naive - whole).mean(), norm
+
+
+def test_a_second_statistics_pass_brings_the_second_layer_closer_to_whole_image_statistics(shared_dir):
+    from tdkstain.checkpoints import load_generator
+    from tdkstain.images import read_rgb
+
+    g = load_generator(shared_dir / "fixtures" / "official" / "official_G_ngf8.pth")
+    he = read_rgb(shared_dir / "data" / "he_tiatoolbox_target.png")[:256, :256]
+    (exact,) = Stainer(g, device="cpu", tile=256).tile_stats([he])
+    stainer = Stainer(g, device="cpu", tile=128, overlap=0)
+    grid = stainer.grid(256, 256)
+    tiles = [p.crop(he) for p in grid.positions]
+    first = combine_stats(stainer.tile_stats(tiles))
+    second = combine_stats(stainer.tile_stats(tiles, [first] * len(tiles)))
+
+    def error(stats: NormStats, layer: int) -> float:  # in units of the true standard deviation
+        std = np.sqrt(exact.var[layer])
+        return float(np.mean(np.abs(stats.mean[layer] - exact.mean[layer]) / std + np.abs(np.sqrt(stats.var[layer]) / std - 1)))
+
+    # layer 0 sees conv(x): nearly exact at once (only the 3 px of reflection at tile borders differ);
+    # layer 1 gets closer once layer 0 is normalised with the pooled statistics (measured: about halved)
+    assert error(first, 0) < 0.05
+    assert error(second, 1) < 0.7 * error(first, 1)
+
+
+# --------------------------------------------------------------------------- whole images, sizes, errors
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 5), (33, 64), (64, 64), (65, 130)])
+def test_any_size_gives_the_same_size(shape):
+    g = tiny_generator()
+    he = random_he(*shape)
+    out = Stainer(g, device="cpu", tile=32, overlap=8).stain_image(he)
+    assert out.shape == (*shape, 3) and out.dtype == np.uint8
+
+
+def test_small_image_is_stained_whole_like_the_release(shared_dir):
+    from tdkstain.checkpoints import load_generator
+    from tdkstain.images import read_rgb
+
+    official = shared_dir / "fixtures" / "official"
+    g = load_generator(official / "official_G_ngf8.pth")
+    he = read_rgb(official / "he_crop128.png")
+    out = Stainer(g, device="cpu", tile=512).stain_image(he).astype(int)
+    # the release truncates (y + 1) / 2 * 255 to uint8, we round: at most 1 level apart
+    release = read_rgb(official / "official_G_ngf8_he_crop128_out.png").astype(int)
+    assert np.abs(out - release).max() <= 1
+
+
+def test_bf16_autocast_on_cpu_is_close_to_fp32():
+    g = tiny_generator(5)
+    he = random_he(96, 96)
+    fp32 = Stainer(g, device="cpu", tile=64, overlap=16).stain_image(he, as_float=True)
+    bf16 = Stainer(g, device="cpu", tile=64, overlap=16, precision="bf16", channels_last=True).stain_image(he, as_float=True)
+    assert np.abs(bf16 - fp32).mean() < 3.0
+
+
+def test_bad_arguments_raise_clear_errors():
+    g = tiny_generator()
+    assert downsampling_factor(g) == 4
+    with pytest.raises(TdkstainError, match="multiple of 4"):
+        Stainer(g, device="cpu", tile=30)
+    with pytest.raises(TdkstainError, match="overlap"):
+        Stainer(g, device="cpu", tile=32, overlap=6)
+    with pytest.raises(TdkstainError, match="norm"):
+        Stainer(g, device="cpu", norm="batch")
+    with pytest.raises(TdkstainError, match="fp16 needs CUDA"):
+        Stainer(g, device="cpu", precision="fp16")
+    stainer = Stainer(g, device="cpu", tile=32, overlap=8)
+    with pytest.raises(TdkstainError, match="uint8"):
+        stainer.stain_image(np.zeros((10, 10, 3), dtype=np.float32))
+    with pytest.raises(TdkstainError, match="one per tile"):
+        stainer.stain_tiles([random_he(32, 32)], [])
+
+
+def test_consistent_norm_copy_swaps_every_instance_norm():
+    g = tiny_generator()
+    clone, norms = consistent_norm_copy(g)
+    assert len(norms) == sum(isinstance(m, nn.InstanceNorm2d) for m in g.modules())
+    assert not any(isinstance(m, nn.InstanceNorm2d) for m in clone.modules())
+
+
+# --------------------------------------------------------------------------- seams
+
+
+def test_seam_score_is_high_for_a_visible_border_and_about_one_without():
+    rng = np.random.default_rng(0)
+    texture = rng.normal(128, 10, size=(128, 128, 3))
+    assert 0.8 < seam_score(texture, 64, 0) < 1.2
+    stepped = texture.copy()
+    stepped[:, 64:] += 20  # a brightness jump at the tile border
+    assert seam_score(stepped, 64, 0) > 3
+    assert seam_score(stepped, 64, 0, band=1) > 2
+    assert np.isnan(seam_score(texture, 256, 0))  # one tile: no border
+
+
+def test_default_mode_has_fewer_seams_than_naive_tiling_on_real_he(shared_dir):
+    from tdkstain.checkpoints import load_generator
+    from tdkstain.images import read_rgb
+
+    g = load_generator(shared_dir / "fixtures" / "official" / "official_G_ngf8.pth")
+    he = read_rgb(shared_dir / "data" / "he_tiatoolbox_target.png")[:256, :256]
+    naive = Stainer(g, device="cpu", tile=128, overlap=0, norm="tile")
+    default = Stainer(g, device="cpu", tile=128, overlap=16)
+    naive_score = seam_score(naive.stain_image(he), 0, grid=naive.grid(256, 256))
+    default_score = seam_score(default.stain_image(he), 0, grid=default.grid(256, 256))
+    assert default_score < naive_score
+    assert abs(default_score - 1) < 0.1
