@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "demo": "demo",
     "evaluate": "evaluate",
     "translate": "translate",
+    "slide": "slide",
 }
 
 

@@ -1,0 +1,133 @@
+"""``tdkstain slide``: stain a whole slide into a pyramidal TIFF (streaming, resumable, seam-free)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "stain a whole slide (SVS, NDPI, MRXS, TIFF, ...) into a pyramidal TIFF, resumably"
+DESCRIPTION = """\
+Stain a whole H&E slide with a trained generator and write the virtual IHC as a
+tiled, pyramidal, compressed TIFF (with its microns per pixel) that OpenSlide,
+tiffslide and QuPath open, plus OUT.thumbnail.png beside it.
+
+The slide is read (OpenSlide, else tiffslide) at the resolution the model was
+trained at (its model card's mpp, or --mpp), only tiles touching tissue are
+stained (the rest stays white), and instance-norm statistics are pooled across
+tiles (--norm global) so that tile borders do not show. Work is kept in
+OUT.tif.partial/: rerun the same command after an interruption and it continues
+where it stopped; the TIFF appears under its final name only when complete.
+
+example:
+  tdkstain slide --checkpoint runs/her2 slide.svs --out stained/slide.tif
+  tdkstain slide --checkpoint latest_net_G.pth --mpp 0.5 slide.ndpi --out slide_ihc.tif --device cuda --precision bf16 --batch 16
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("slide", help="the H&E slide: any format OpenSlide or tiffslide reads")
+    parser.add_argument(
+        "--checkpoint", required=True,
+        help="generator weights: a run folder of 'tdkstain train', a .safetensors file, or the authors' latest_net_G.pth",
+    )
+    parser.add_argument("--out", required=True, help="output .tif (a thumbnail OUT.thumbnail.png is written beside it)")
+    parser.add_argument(
+        "--mpp", type=float, default=None,
+        help="microns per pixel to stain at (default: the model card's, recorded at training; "
+        "required for checkpoints without one, e.g. the authors' .pth: the release's BCI data is 0.5)",
+    )
+    parser.add_argument(
+        "--slide-mpp", type=float, default=None,
+        help="microns per pixel of the slide's level 0, for slides whose metadata lacks it (default: from the file)",
+    )
+    engine = parser.add_argument_group("staining")
+    engine.add_argument("--tile", type=int, default=512, help="tile side in pixels, a multiple of 8 (default 512)")
+    engine.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels (default 64)")
+    engine.add_argument(
+        "--norm", choices=("global", "kernel", "tile"), default="global",
+        help="instance-norm statistics: pooled over all tissue tiles (global, default), over each tile's "
+        "neighbours (kernel), or per tile (tile: naive, shows seams)",
+    )
+    engine.add_argument("--kernel-radius", type=int, default=1, help="neighbourhood half-width in tiles for --norm kernel (default 1)")
+    engine.add_argument(
+        "--stat-passes", type=int, default=1,
+        help="statistics passes before staining for global/kernel norm; each costs one forward pass per tile (default 1)",
+    )
+    engine.add_argument("--batch", type=int, default=4, help="tiles per forward pass (default 4)")
+    engine.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)")
+    engine.add_argument(
+        "--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+        help="fp32, or bf16/fp16 autocast (fp16 on CUDA only) (default fp32)",
+    )
+    selection = parser.add_argument_group("slide reading and tissue")
+    selection.add_argument("--backend", choices=("auto", "openslide", "tiffslide"), default="auto",
+                           help="slide reader (default auto: OpenSlide, then tiffslide)")
+    selection.add_argument("--no-tissue-detection", action="store_true",
+                           help="stain every tile, background included (default: only tiles touching tissue)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--compression", choices=("jpeg", "deflate"), default="jpeg",
+                        help="TIFF tile compression: jpeg (lossy, small) or deflate (lossless) (default jpeg)")
+    output.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality 1-100 (default 90)")
+    output.add_argument("--tiff-tile", type=int, default=256, help="TIFF tile side, a multiple of 16 (default 256)")
+    output.add_argument("--thumbnail-size", type=int, default=1024, help="longer side of the thumbnail PNG (default 1024)")
+    output.add_argument("--keep-work", action="store_true",
+                        help="keep OUT.tif.partial/ (stained tiles) after success, e.g. to re-encode with another quality")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from tdkstain.checkpoints import file_sha256, find_generator_weights
+    from tdkstain.errors import TdkstainError
+    from tdkstain.inference import Stainer
+    from tdkstain.slides import SlideOptions, stain_slide
+    from tdkstain.slides.pipeline import check_output_path
+
+    out = Path(args.out)
+    check_output_path(out)  # before loading the model: fail fast on a bad output path
+    if args.mpp is not None and not args.mpp > 0:
+        raise TdkstainError(f"--mpp must be a positive number of microns per pixel, got {args.mpp}")
+    checkpoint = Path(args.checkpoint)
+    weights = find_generator_weights(checkpoint) if checkpoint.is_dir() else checkpoint
+    stainer, card = Stainer.from_checkpoint(
+        checkpoint,
+        device=args.device,
+        precision=args.precision,
+        tile=args.tile,
+        overlap=args.overlap,
+        batch=args.batch,
+        norm=args.norm,
+        kernel_radius=args.kernel_radius,
+        stat_passes=args.stat_passes,
+    )
+    model_mpp = card.get("mpp")
+    if args.mpp is None and model_mpp is None:
+        raise TdkstainError(
+            f"{weights}: the checkpoint records no microns per pixel (the authors' .pth never does); pass the "
+            "resolution it was trained at with --mpp (the release's BCI data: --mpp 0.5)"
+        )
+    options = SlideOptions(
+        mpp=args.mpp,
+        slide_mpp=args.slide_mpp,
+        backend=args.backend,
+        tissue_detection=not args.no_tissue_detection,
+        tiff_tile=args.tiff_tile,
+        compression=args.compression,
+        jpeg_quality=args.jpeg_quality,
+        thumbnail_size=args.thumbnail_size,
+        keep_work=args.keep_work,
+    )
+    print(f"tdkstain slide: {stainer}", file=sys.stderr)
+    result = stain_slide(
+        stainer,
+        args.slide,
+        out,
+        model_mpp=model_mpp,
+        checkpoint_id=file_sha256(weights),
+        options=options,
+        progress=not args.no_progress,
+    )
+    timings = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result.timings.items())
+    print(f"tdkstain slide: {timings}", file=sys.stderr)
+    return 0

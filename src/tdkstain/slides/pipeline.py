@@ -1,0 +1,609 @@
+"""Whole-slide virtual staining: streaming, resumable, seam-free, into a pyramidal TIFF.
+
+The steps of :func:`stain_slide`:
+
+1. Open the slide and view it at the network's microns per pixel
+   (:class:`tdkstain.slides.reader.SlideAtMpp`). The image at that resolution
+   (padded with white to a multiple of the generator's downsampling factor) is
+   covered by the engine's :class:`tdkstain.inference.TileGrid`.
+2. Find tissue on a thumbnail (:mod:`tdkstain.slides.tissue`); only tiles that
+   touch tissue are stained, the others stay white and are counted.
+3. Statistics passes (norm modes "global" and "kernel", see
+   :mod:`tdkstain.inference`): record every tissue tile's instance-norm
+   statistics, pool them (all tissue tiles, or each tile's neighbourhood).
+4. Staining pass: stain every tissue tile with its pooled statistics.
+5. Assembly: blend the stained tiles with the engine's weights into bands
+   one TIFF tile tall and stream them into a pyramidal TIFF
+   (:mod:`tdkstain.slides.writer`) under a temporary name, then move it into
+   place; write a thumbnail PNG beside it.
+
+Resumable. The work folder ``OUT.partial/`` holds ``job.json`` (everything
+the stained pixels depend on), each statistics chunk (``stats/passK/*.npz``)
+and each stained tile (``tiles/ROW_COL.png``, lossless), every file written
+atomically. A rerun with the same job reuses them and computes only the rest;
+a rerun with a different job (other checkpoint, resolution, tiles, norm, ...)
+starts over. Work is cut into fixed chunks of ``batch`` consecutive tissue
+tiles, and a chunk is always recomputed whole, so every forward pass sees the
+same batch whether or not the run was interrupted: the result is identical
+to an uninterrupted run. Options that only change the encoding (compression,
+JPEG quality, TIFF tile size, thumbnail size) are not part of the job: rerun
+with another quality and only the TIFF is rewritten. The work folder is
+removed after success unless ``keep_work``.
+
+Streaming and overlap. A reader thread reads (and resamples) the next
+chunks while the model runs, and a writer thread encodes stained tiles to
+PNG, each through a queue of :data:`QUEUE_DEPTH` chunks. Memory is bounded by
+the tiles in flight (about ``(2 * QUEUE_DEPTH + 1) * batch`` tiles), the
+model's activations, the per-tile statistics inside the pooling window
+(whole-slide pooling is a running sum), and at assembly a few decoded tiles
+plus a band of TIFF tiles per pyramid level (``tiff_tile x width x 3`` bytes):
+O(slide width), never O(slide area).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from tdkstain import __version__
+from tdkstain.atomic import atomic_path, write_text_atomic
+from tdkstain.errors import TdkstainError
+from tdkstain.inference import NormStats, Stainer, TileGrid, TilePosition, combine_stats
+from tdkstain.slides.reader import MPP_TOLERANCE, Slide, SlideAtMpp, read_thumbnail
+from tdkstain.slides.tissue import tiles_touching, tissue_mask
+from tdkstain.slides.writer import write_pyramid_tiff
+
+#: Chunks of tiles queued between the reader thread, the model and the writer thread.
+QUEUE_DEPTH = 2
+#: Bump when the layout or meaning of the work folder changes, so old work is not reused.
+WORK_FORMAT = 1
+
+
+def work_dir_for(out: str | os.PathLike) -> Path:
+    """The work folder of an output: ``OUT.tif`` -> ``OUT.tif.partial/``."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+def thumbnail_path_for(out: str | os.PathLike) -> Path:
+    """The thumbnail PNG beside an output: ``OUT.tif`` -> ``OUT.thumbnail.png``."""
+    out = Path(out)
+    return out.with_name(out.stem + ".thumbnail.png")
+
+
+@dataclass(frozen=True)
+class SlideOptions:
+    """How a slide is read, selected and written (the engine's options live on the :class:`Stainer`).
+
+    Attributes:
+        mpp: microns per pixel to stain at (the model card's ``mpp`` if None).
+        slide_mpp: microns per pixel of the slide's level 0, when its metadata lacks (or misstates) it.
+        backend: slide reader, ``"auto"`` | ``"openslide"`` | ``"tiffslide"``.
+        tissue_detection: stain only tiles touching tissue (False: every tile).
+        tissue_thumbnail_size: longer side of the thumbnail tissue is found on.
+        tiff_tile: TIFF tile side of the output (multiple of 16).
+        compression: ``"jpeg"`` or ``"deflate"`` (lossless).
+        jpeg_quality: 1..100.
+        thumbnail_size: longer side of the output thumbnail PNG.
+        keep_work: keep the work folder after success.
+    """
+
+    mpp: float | None = None
+    slide_mpp: float | None = None
+    backend: str = "auto"
+    tissue_detection: bool = True
+    tissue_thumbnail_size: int = 2048
+    tiff_tile: int = 256
+    compression: str = "jpeg"
+    jpeg_quality: int = 90
+    thumbnail_size: int = 1024
+    keep_work: bool = False
+
+
+@dataclass
+class SlideResult:
+    """What :func:`stain_slide` did; ``tiles_*`` count grid tiles."""
+
+    out: Path
+    thumbnail: Path
+    width: int
+    height: int
+    mpp: float
+    level: int
+    scale: float
+    level_dimensions: list[tuple[int, int]]
+    tiles_total: int
+    tiles_tissue: int
+    tiles_background: int
+    tiles_reused: int
+    forward_passes: int
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass
+class _Plan:
+    view: SlideAtMpp
+    width: int
+    height: int
+    grid: TileGrid
+    tissue: list[TilePosition]  # row-major
+    chunks: list[list[TilePosition]]
+
+
+def _plan(slide: Slide, stainer: Stainer, target_mpp: float, options: SlideOptions, log: Callable[[str], None]) -> _Plan:
+    view = SlideAtMpp(slide, target_mpp, MPP_TOLERANCE)
+    width, height = view.width, view.height
+    align = stainer.align
+    canvas_height = int(math.ceil(height / align) * align)
+    canvas_width = int(math.ceil(width / align) * align)
+    grid = TileGrid(canvas_height, canvas_width, stainer.tile, stainer.overlap)
+    positions = grid.positions
+    choice = view.choice
+    log(
+        f"{slide.path.name}: {slide.dimensions[0]}x{slide.dimensions[1]} px at {slide.mpp:.4g} um/px, "
+        f"{slide.level_count} level(s) ({slide.backend}); staining at {view.mpp:.4g} um/px from level "
+        f"{choice.level}" + ("" if choice.scale == 1.0 else f" resampled by 1/{choice.scale:.4g}")
+        + f": {width}x{height} px, {grid.rows}x{grid.cols} tiles of {grid.tile_height}x{grid.tile_width}"
+    )
+    if choice.scale < 1.0:
+        log(
+            f"warning: the slide's finest level ({slide.mpp:.4g} um/px) is coarser than the model's "
+            f"{target_mpp:.4g} um/px; upsampling, expect blur"
+        )
+    if options.tissue_detection:
+        thumbnail = read_thumbnail(slide, options.tissue_thumbnail_size)
+        thumbnail_mpp = slide.mpp * slide.dimensions[0] / thumbnail.shape[1]
+        mask = tissue_mask(thumbnail, thumbnail_mpp)
+        scale = thumbnail.shape[1] / width  # thumbnail pixels per output pixel
+        boxes = [(p.x, p.y, p.width, p.height) for p in positions]
+        touched = tiles_touching(mask, boxes, scale)
+        tissue = [p for p, t in zip(positions, touched) if t]
+    else:
+        tissue = list(positions)
+    batch = stainer.batch
+    chunks = [tissue[i : i + batch] for i in range(0, len(tissue), batch)]
+    return _Plan(view=view, width=width, height=height, grid=grid, tissue=tissue, chunks=chunks)
+
+
+def _job(slide: Slide, stainer: Stainer, plan: _Plan, options: SlideOptions, checkpoint_id: str) -> dict[str, Any]:
+    """Everything the stained pixels depend on; a work folder with another job is discarded."""
+    stat = slide.path.stat()
+    return {
+        "work_format": WORK_FORMAT,
+        "slide": {"path": str(slide.path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns},
+        "slide_mpp": slide.mpp,
+        "checkpoint": checkpoint_id,
+        "mpp": plan.view.mpp,
+        "level": plan.view.choice.level,
+        "scale": plan.view.choice.scale,
+        "size": [plan.width, plan.height],
+        "tile": stainer.tile,
+        "overlap": stainer.overlap,
+        "batch": stainer.batch,
+        "norm": stainer.norm,
+        "kernel_radius": stainer.kernel_radius,
+        "stat_passes": stainer.stat_passes,
+        "blend_margin": stainer.blend_margin,
+        "precision": stainer.precision,
+        "device": stainer.device.type,
+        "tissue_detection": options.tissue_detection,
+        "tissue_thumbnail_size": options.tissue_thumbnail_size,
+        "tissue_tiles": len(plan.tissue),
+    }
+
+
+def _prepare_work_dir(work: Path, job: dict[str, Any], log: Callable[[str], None]) -> None:
+    job_file = work / "job.json"
+    if job_file.is_file():
+        try:
+            previous = json.loads(job_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            previous = None
+        if previous == job:
+            return
+        log(f"{work}: left by a run with other settings; starting over")
+        shutil.rmtree(work)
+    elif work.exists():
+        shutil.rmtree(work)
+    try:
+        (work / "tiles").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TdkstainError(f"{work}: cannot create the work folder ({err}); choose a writable output folder") from err
+    write_text_atomic(job_file, json.dumps(job, indent=2))
+
+
+# --------------------------------------------------------------------------- statistics on disk
+
+
+def _save_stats(path: Path, stats: Sequence[NormStats]) -> None:
+    arrays: dict[str, np.ndarray] = {}
+    for layer in range(stats[0].num_layers):
+        arrays[f"mean{layer}"] = np.stack([s.mean[layer] for s in stats])
+        arrays[f"var{layer}"] = np.stack([s.var[layer] for s in stats])
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def _load_stats(path: Path) -> list[NormStats]:
+    with np.load(path) as data:
+        layers = len(data.files) // 2
+        means = [data[f"mean{layer}"] for layer in range(layers)]
+        variances = [data[f"var{layer}"] for layer in range(layers)]
+    count = means[0].shape[0]
+    return [NormStats(tuple(m[i] for m in means), tuple(v[i] for v in variances)) for i in range(count)]
+
+
+class _PooledStats:
+    """The statistics each tile is stained with, from one pass's recorded chunks.
+
+    "global": one pool of every tissue tile, accumulated chunk by chunk
+    (mean of means and of ``var + mean**2``, the law of total variance that
+    :func:`tdkstain.inference.combine_stats` uses with equal weights).
+    "kernel": each tile pools the tissue tiles within ``radius`` grid steps
+    (as :func:`tdkstain.inference.neighbourhood_stats`); chunks are loaded
+    when first needed and dropped once every tile that can need them is past,
+    so only the rows inside the window are in memory.
+    """
+
+    def __init__(self, folder: Path, plan: _Plan, norm: str, radius: int) -> None:
+        self.folder, self.plan, self.norm, self.radius = folder, plan, norm, radius
+        self._chunk_of: dict[tuple[int, int], tuple[int, int]] = {}
+        for k, chunk in enumerate(plan.chunks):
+            for i, p in enumerate(chunk):
+                self._chunk_of[p.index] = (k, i)
+        self._loaded: dict[int, list[NormStats]] = {}
+        self._global: NormStats | None = None
+        if norm == "global":
+            self._global = self._pool_all()
+
+    def _pool_all(self) -> NormStats:
+        count = 0
+        sum_mean: list[np.ndarray] | None = None
+        sum_second: list[np.ndarray] | None = None
+        for k in range(len(self.plan.chunks)):
+            for s in _load_stats(self.folder / f"{k:06d}.npz"):
+                if sum_mean is None:
+                    sum_mean = [np.zeros_like(m) for m in s.mean]
+                    sum_second = [np.zeros_like(m) for m in s.mean]
+                for layer, (m, v) in enumerate(zip(s.mean, s.var)):
+                    sum_mean[layer] += m
+                    sum_second[layer] += v + m * m
+                count += 1
+        assert sum_mean is not None and sum_second is not None
+        means = tuple(m / count for m in sum_mean)
+        variances = tuple(np.maximum(q / count - m * m, 0.0) for q, m in zip(sum_second, means))
+        return NormStats(means, variances)
+
+    def _stats_of(self, index: tuple[int, int]) -> NormStats:
+        k, i = self._chunk_of[index]
+        if k not in self._loaded:
+            self._loaded[k] = _load_stats(self.folder / f"{k:06d}.npz")
+        return self._loaded[k][i]
+
+    def for_chunk(self, chunk: Sequence[TilePosition]) -> list[NormStats]:
+        if self._global is not None:
+            return [self._global] * len(chunk)
+        out = []
+        for p in chunk:
+            members = [
+                self._stats_of((r, c))
+                for r in range(p.row - self.radius, p.row + self.radius + 1)
+                for c in range(p.col - self.radius, p.col + self.radius + 1)
+                if (r, c) in self._chunk_of
+            ]
+            out.append(members[0] if len(members) == 1 else combine_stats(members))
+        # Chunks come in row-major order: rows above row - radius are never needed again.
+        first_needed_row = chunk[0].row - self.radius
+        for k in [k for k in self._loaded if self.plan.chunks[k][-1].row < first_needed_row]:
+            del self._loaded[k]
+        return out
+
+
+# --------------------------------------------------------------------------- passes with overlapped I/O
+
+
+def _read_tiles(plan: _Plan, chunk: Sequence[TilePosition]) -> list[np.ndarray]:
+    """H&E tiles of a chunk; pixels beyond the slide (alignment padding) are white."""
+    tiles = []
+    for p in chunk:
+        tile = plan.view.read(p.x, p.y, p.width, p.height)
+        if p.y + p.height > plan.height:
+            tile[plan.height - p.y :] = 255
+        if p.x + p.width > plan.width:
+            tile[:, plan.width - p.x :] = 255
+        tiles.append(tile)
+    return tiles
+
+
+def _run_chunks(
+    plan: _Plan,
+    todo: list[int],
+    compute: Callable[[int, list[np.ndarray]], Any],
+    save: Callable[[int, Any], None],
+    tick: Callable[[int], Any],
+) -> None:
+    """Read (thread) -> compute (this thread: the model) -> save (thread), QUEUE_DEPTH chunks deep each side."""
+    if not todo:
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="slide-read") as reader, ThreadPoolExecutor(
+        1, thread_name_prefix="slide-write"
+    ) as writer:
+        reads: deque[tuple[int, Future]] = deque()
+        writes: deque[Future] = deque()
+        upcoming = iter(todo)
+
+        def schedule_read() -> None:
+            k = next(upcoming, None)
+            if k is not None:
+                reads.append((k, reader.submit(_read_tiles, plan, plan.chunks[k])))
+
+        for _ in range(QUEUE_DEPTH):
+            schedule_read()
+        while reads:
+            k, future = reads.popleft()
+            tiles = future.result()
+            schedule_read()
+            result = compute(k, tiles)
+            writes.append(writer.submit(save, k, result))
+            while len(writes) > QUEUE_DEPTH:
+                writes.popleft().result()
+            tick(len(tiles))
+        for future in writes:
+            future.result()
+
+
+def _tile_file(work: Path, p: TilePosition) -> Path:
+    return work / "tiles" / f"{p.row:05d}_{p.col:05d}.png"
+
+
+def _save_tiles(work: Path, chunk: Sequence[TilePosition], stained: Sequence[np.ndarray]) -> None:
+    for p, tile in zip(chunk, stained):
+        with atomic_path(_tile_file(work, p)) as tmp:
+            # compress_level 1: lossless, several times faster than the default; these files are temporary.
+            Image.fromarray(tile).save(tmp, format="PNG", compress_level=1)
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+def _assembled_bands(plan: _Plan, work: Path, margin: int, band_rows: int) -> Iterator[np.ndarray]:
+    """Level-0 bands ``band_rows`` tall: stained tiles blended with the engine's weights, white elsewhere.
+
+    Pixels get ``sum(weight * tile) / sum(weight)`` over the stained tiles
+    covering them (as :class:`tdkstain.inference.Blender`), rounded; pixels
+    that no stained tile covers with positive weight are background (white).
+    Blended one ``band_rows``-wide block at a time; only the tiles touching
+    the current block are decoded.
+    """
+    grid = plan.grid
+    tissue = {p.index: p for p in plan.tissue}
+    row_starts, col_starts = grid.row_starts, grid.col_starts
+    th, tw = grid.tile_height, grid.tile_width
+    decoded: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def touching(starts: list[int], size: int, lo: int, hi: int) -> range:
+        # tiles [s, s + size) intersecting [lo, hi); starts are increasing
+        first = bisect.bisect_right(starts, lo - size)
+        last = bisect.bisect_left(starts, hi)
+        return range(first, last)
+
+    for y0 in range(0, plan.height, band_rows):
+        y1 = min(plan.height, y0 + band_rows)
+        band = np.full((y1 - y0, plan.width, 3), 255, dtype=np.uint8)
+        rows = touching(row_starts, th, y0, y1)
+        for x0 in range(0, plan.width, band_rows):
+            x1 = min(plan.width, x0 + band_rows)
+            cols = touching(col_starts, tw, x0, x1)
+            members = [(r, c) for r in rows for c in cols if (r, c) in tissue]
+            for key in [key for key in decoded if key not in members]:
+                del decoded[key]  # blocks go left to right: a tile not needed here is done for this band
+            if not members:
+                continue
+            total = np.zeros((y1 - y0, x1 - x0, 3), dtype=np.float32)
+            weight = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
+            for key in members:
+                p = tissue[key]
+                if key not in decoded:
+                    with Image.open(_tile_file(work, p)) as image:
+                        decoded[key] = (np.asarray(image.convert("RGB")), grid.weights(p, margin))
+                tile, w = decoded[key]
+                ty0, ty1 = max(y0, p.y), min(y1, p.y + p.height)
+                tx0, tx1 = max(x0, p.x), min(x1, p.x + p.width)
+                piece_w = w[ty0 - p.y : ty1 - p.y, tx0 - p.x : tx1 - p.x]
+                piece = tile[ty0 - p.y : ty1 - p.y, tx0 - p.x : tx1 - p.x].astype(np.float32)
+                total[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] += piece * piece_w[:, :, None]
+                weight[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] += piece_w
+            covered = weight > 0
+            block = band[:, x0:x1]
+            block[covered] = np.clip(np.rint(total[covered] / weight[covered][:, None]), 0, 255).astype(np.uint8)
+        yield band
+
+
+# --------------------------------------------------------------------------- the whole job
+
+
+def check_output_path(out: Path) -> None:
+    """Fail early (TdkstainError) when ``out`` is not a .tif/.tiff that can be written."""
+    if out.suffix.lower() not in (".tif", ".tiff"):
+        raise TdkstainError(f"{out}: the output must be a .tif or .tiff file")
+    folder = out.parent if str(out.parent) else Path(".")
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise TdkstainError(f"{out}: cannot write to the folder {folder} (not writable); choose another --out")
+    if out.is_dir():
+        raise TdkstainError(f"{out}: is a folder; pass a file name such as {out / 'slide.tif'}")
+
+
+def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="tile", disable=not enabled or not sys.stderr.isatty(), file=sys.stderr)
+
+
+def stain_slide(
+    stainer: Stainer,
+    slide_path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    model_mpp: float | None = None,
+    checkpoint_id: str = "",
+    options: SlideOptions = SlideOptions(),
+    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+    progress: bool = True,
+) -> SlideResult:
+    """Stain a whole slide into a pyramidal TIFF; resumable (see the module docstring).
+
+    Args:
+        stainer: the engine (tile, overlap, batch, norm, device, precision).
+        slide_path: any slide OpenSlide or tiffslide reads.
+        out: the output ``.tif``; a thumbnail ``OUT.thumbnail.png`` is written beside it.
+        model_mpp: microns per pixel the network was trained at (the model
+            card's); ``options.mpp`` overrides it; one of them is required.
+        checkpoint_id: identifies the weights (e.g. their SHA-256), so that
+            work done with other weights is never reused.
+        options: :class:`SlideOptions`.
+        log: receives one-line messages (plan, counts, timings).
+        progress: show tqdm bars when stderr is a terminal.
+    Returns:
+        :class:`SlideResult`.
+    """
+    started = time.perf_counter()
+    out = Path(out)
+    check_output_path(out)
+    target_mpp = options.mpp if options.mpp is not None else model_mpp
+    if target_mpp is None:
+        raise TdkstainError(
+            "the checkpoint records no microns per pixel (e.g. the authors' .pth); pass the resolution it "
+            "was trained at with --mpp (the release's BCI data: --mpp 0.5)"
+        )
+    timings: dict[str, float] = {}
+    with Slide(slide_path, backend=options.backend, slide_mpp=options.slide_mpp) as slide:
+        plan = _plan(slide, stainer, float(target_mpp), options, log)
+        work = work_dir_for(out)
+        job = _job(slide, stainer, plan, options, checkpoint_id)
+        _prepare_work_dir(work, job, log)
+        total = len(plan.grid)
+        background = total - len(plan.tissue)
+        log(f"tissue: {len(plan.tissue)} of {total} tiles to stain, {background} background tiles skipped (left white)")
+        if not plan.tissue:
+            log(
+                f"warning: no tissue found in {slide.path.name}; writing an all-white slide. If the slide does "
+                "hold tissue (faint or unusual stain), rerun with --no-tissue-detection"
+            )
+
+        passes = 0 if stainer.norm == "tile" else stainer.stat_passes
+        forward_passes = 0
+        reused = 0
+        previous: _PooledStats | None = None
+        for k in range(1, passes + 1):
+            t0 = time.perf_counter()
+            folder = work / "stats" / f"pass{k}"
+            folder.mkdir(parents=True, exist_ok=True)
+            todo = [i for i in range(len(plan.chunks)) if not (folder / f"{i:06d}.npz").is_file()]
+            applied = previous
+            with _progress_bar(sum(len(plan.chunks[i]) for i in todo), f"statistics {k}/{passes}", progress) as bar:
+                _run_chunks(
+                    plan,
+                    todo,
+                    lambda i, tiles: stainer.tile_stats(tiles, None if applied is None else applied.for_chunk(plan.chunks[i])),
+                    lambda i, stats: _save_stats(folder / f"{i:06d}.npz", stats),
+                    bar.update,
+                )
+            forward_passes += sum(len(plan.chunks[i]) for i in todo)
+            previous = _PooledStats(folder, plan, stainer.norm, stainer.kernel_radius) if plan.tissue else None
+            timings[f"statistics pass {k}"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        todo = [i for i, chunk in enumerate(plan.chunks) if not all(_tile_file(work, p).is_file() for p in chunk)]
+        reused = sum(len(c) for i, c in enumerate(plan.chunks) if i not in set(todo))
+        if reused:
+            log(f"resuming: {reused} stained tiles reused from {work}")
+        pooled = previous
+        with _progress_bar(sum(len(plan.chunks[i]) for i in todo), "staining", progress) as bar:
+            _run_chunks(
+                plan,
+                todo,
+                lambda i, tiles: stainer.stain_tiles(tiles, None if pooled is None else pooled.for_chunk(plan.chunks[i])),
+                lambda i, stained: _save_tiles(work, plan.chunks[i], stained),
+                bar.update,
+            )
+        forward_passes += sum(len(plan.chunks[i]) for i in todo)
+        timings["staining"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        spill = work / "pyramid"
+        shutil.rmtree(spill, ignore_errors=True)
+        description = (
+            f"tdkstain {__version__} virtual HER2 IHC of {slide.path.name}; mpp={plan.view.mpp:.6g}; "
+            f"norm={stainer.norm}; tile={stainer.tile}; overlap={stainer.overlap}"
+        )
+        with atomic_path(out) as tmp:
+            info = write_pyramid_tiff(
+                tmp,
+                plan.width,
+                plan.height,
+                _assembled_bands(plan, work, stainer.blend_margin, options.tiff_tile),
+                mpp=plan.view.mpp,
+                spill_dir=spill,
+                tile=options.tiff_tile,
+                compression=options.compression,
+                jpeg_quality=options.jpeg_quality,
+                description=description,
+                thumbnail_size=options.thumbnail_size,
+            )
+        thumbnail = thumbnail_path_for(out)
+        with atomic_path(thumbnail) as tmp:
+            Image.fromarray(info.thumbnail).save(tmp, format="PNG")
+        timings["assembly"] = time.perf_counter() - t0
+        if not options.keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+        result = SlideResult(
+            out=out,
+            thumbnail=thumbnail,
+            width=plan.width,
+            height=plan.height,
+            mpp=plan.view.mpp,
+            level=plan.view.choice.level,
+            scale=plan.view.choice.scale,
+            level_dimensions=info.level_dimensions,
+            tiles_total=total,
+            tiles_tissue=len(plan.tissue),
+            tiles_background=background,
+            tiles_reused=reused,
+            forward_passes=forward_passes,
+            seconds=time.perf_counter() - started,
+            timings=timings,
+        )
+    log(
+        f"wrote {out} ({plan.width}x{plan.height} px, {len(info.level_dimensions)} levels, {plan.view.mpp:.4g} um/px) "
+        f"and {thumbnail.name}: {len(plan.tissue)} tissue tiles stained ({reused} reused), {background} background "
+        f"tiles skipped, {result.seconds:.1f} s"
+    )
+    return result
+
+
+def result_summary(result: SlideResult) -> dict[str, Any]:
+    """:class:`SlideResult` as JSON-ready data."""
+    data = asdict(result)
+    data["out"], data["thumbnail"] = str(result.out), str(result.thumbnail)
+    return data

@@ -1,0 +1,483 @@
+"""Whole slides: reading at a resolution, tissue, the pyramidal TIFF writer, and ``tdkstain slide`` end to end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+openslide = pytest.importorskip("openslide")
+tiffslide = pytest.importorskip("tiffslide")
+
+from tdkstain.checkpoints import save_network  # noqa: E402
+from tdkstain.cli import main as cli_main  # noqa: E402
+from tdkstain.errors import TdkstainError  # noqa: E402
+from tdkstain.inference import Stainer  # noqa: E402
+from tdkstain.networks import ResnetGenerator  # noqa: E402
+from tdkstain.slides import (  # noqa: E402
+    Slide,
+    SlideAtMpp,
+    SlideOptions,
+    choose_level,
+    read_thumbnail,
+    stain_slide,
+    tissue_mask,
+    work_dir_for,
+    write_pyramid_tiff,
+)
+from tdkstain.slides.tissue import tiles_touching  # noqa: E402
+from tdkstain.slides.writer import halve  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+CMU_SVS = SHARED / "data" / "he_cmu_small_region.svs"
+needs_cmu = pytest.mark.skipif(not CMU_SVS.is_file(), reason=f"real slide not found at {CMU_SVS}")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster than two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def he_like(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """White glass with pink/purple textured tissue in an ellipse over the left two thirds.
+
+    Returns ``(height, width, 3)`` uint8 and the ``(height, width)`` bool tissue truth.
+    """
+    rng = np.random.default_rng(seed)
+    image = np.clip(rng.normal(244, 3, (height, width, 3)), 0, 255)
+    yy, xx = np.mgrid[:height, :width]
+    tissue = ((yy - height * 0.5) / (height * 0.4)) ** 2 + ((xx - width * 0.35) / (width * 0.3)) ** 2 < 1
+    texture = rng.random((height // 8 + 1, width // 8 + 1)).repeat(8, 0).repeat(8, 1)[:height, :width]
+    pink = np.array([225, 140, 190]) * (1 - texture[..., None]) + np.array([110, 60, 150]) * texture[..., None]
+    image[tissue] = pink[tissue] + rng.normal(0, 4, (int(tissue.sum()), 3))
+    return np.clip(image, 0, 255).astype(np.uint8), tissue
+
+
+def write_test_slide(path: Path, image: np.ndarray, mpp: float | None, levels: int = 3) -> Path:
+    """A generic tiled pyramidal TIFF written with tifffile alone (not our writer), level k = level 0 / 2**k."""
+    with tifffile.TiffWriter(path) as tiff:
+        level = image
+        for k in range(levels):
+            kwargs = {}
+            if mpp is not None:
+                kwargs = dict(resolution=(1e4 / (mpp * 2**k),) * 2, resolutionunit="CENTIMETER")
+            tiff.write(level, tile=(128, 128), photometric="rgb", compression="zlib", subfiletype=1 if k else 0,
+                       metadata=None, **kwargs)
+            level = np.asarray(Image.fromarray(level).reduce(2))
+    return path
+
+
+def tiny_generator(seed: int = 0) -> ResnetGenerator:
+    torch.manual_seed(seed)
+    return ResnetGenerator(ngf=4, n_blocks=1).eval()
+
+
+@pytest.fixture(scope="module")
+def synthetic_slide(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A 3-level 1024x768 slide at 0.25 um/px, its level-0 image and tissue truth."""
+    image, tissue = he_like(768, 1024)
+    path = write_test_slide(tmp_path_factory.mktemp("slides") / "synthetic.tif", image, mpp=0.25)
+    return path, image, tissue
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny untrained generator in our safetensors format, trained (so its card says) at 0.5 um/px."""
+    path = tmp_path_factory.mktemp("weights") / "generator.safetensors"
+    save_network(path, tiny_generator(), tile_size=128, mpp=0.5)
+    return path
+
+
+def open_both(path: Path) -> list:
+    return [openslide.OpenSlide(str(path)), tiffslide.TiffSlide(str(path))]
+
+
+def mpp_of(handle) -> float:
+    prefix = "openslide" if isinstance(handle, openslide.OpenSlide) else "tiffslide"
+    return float(handle.properties[f"{prefix}.mpp-x"])
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def test_choose_level_picks_the_coarsest_level_at_least_as_fine(synthetic_slide):
+    with Slide(synthetic_slide[0]) as slide:
+        assert slide.level_count == 3 and slide.mpp == pytest.approx(0.25)
+        assert choose_level(slide, 0.5) == choose_level(slide, 0.505)  # within tolerance: no resampling
+        assert (choose_level(slide, 0.5).level, choose_level(slide, 0.5).scale) == (1, 1.0)
+        assert (choose_level(slide, 1.0).level, choose_level(slide, 1.0).scale) == (2, 1.0)
+        assert choose_level(slide, 0.8).level == 1 and choose_level(slide, 0.8).scale == pytest.approx(1.6)
+        assert choose_level(slide, 5.0).level == 2 and choose_level(slide, 5.0).mpp == 5.0
+        upsampled = choose_level(slide, 0.2)
+        assert upsampled.level == 0 and upsampled.scale == pytest.approx(0.8)
+
+
+def test_resampled_tiles_match_resizing_the_whole_level(synthetic_slide):
+    path, image, _ = synthetic_slide
+    with Slide(path) as slide:
+        view = SlideAtMpp(slide, 0.8)  # level 1 (0.5 um/px) shrunk by 1.6
+        assert (view.width, view.height) == (round(512 / 1.6), round(384 / 1.6))
+        level1 = slide.read(1, 0, 0, *slide.level_dimensions[1])
+        reference = np.asarray(Image.fromarray(level1).resize((view.width, view.height), Image.Resampling.LANCZOS))
+        tile = view.read(40, 56, 100, 80)
+        # Interior region: a tile resampled on its own equals the whole level resampled (Pillow fixed point: +-1).
+        assert np.abs(tile.astype(int) - reference[56:136, 40:140]).max() <= 1
+        # Outside the slide is white glass.
+        assert (view.read(view.width - 10, 0, 30, 8)[:, 12:] == 255).all()
+
+
+def test_read_thumbnail_is_an_area_average(synthetic_slide):
+    path, image, _ = synthetic_slide
+    with Slide(path) as slide:
+        thumbnail = read_thumbnail(slide, 256)
+    assert thumbnail.shape == (192, 256, 3)
+    level2 = np.asarray(Image.fromarray(image).reduce(4), dtype=float)  # the level it reads is level 0 / 4
+    assert np.abs(thumbnail.astype(float) - level2).mean() < 1.5
+
+
+def test_unreadable_and_missing_files_are_clear_errors(tmp_path):
+    bad = tmp_path / "broken.svs"
+    bad.write_text("not a slide")
+    with pytest.raises(TdkstainError, match="broken.svs: cannot read as a slide"):
+        Slide(bad)
+    with pytest.raises(TdkstainError, match="no such slide file"):
+        Slide(tmp_path / "absent.svs")
+
+
+def test_missing_mpp_says_how_to_pass_it(tmp_path):
+    image, _ = he_like(256, 256)
+    path = write_test_slide(tmp_path / "no_mpp.tif", image, mpp=None, levels=1)
+    with Slide(path) as slide:
+        assert slide.mpp is None
+        with pytest.raises(TdkstainError, match=r"no_mpp.tif.*--slide-mpp"):
+            choose_level(slide, 0.5)
+    with Slide(path, slide_mpp=0.5) as slide:
+        assert choose_level(slide, 0.5).level == 0
+
+
+# --------------------------------------------------------------------------- tissue
+
+
+def test_tissue_mask_finds_tissue_and_ignores_glass(synthetic_slide):
+    _, image, truth = synthetic_slide
+    thumbnail = np.asarray(Image.fromarray(image).reduce(4))
+    truth_small = truth[2::4, 2::4]
+    mask = tissue_mask(thumbnail, thumbnail_mpp=1.0, dilate_px=0)
+    agreement = (mask == truth_small).mean()
+    assert agreement > 0.98
+    assert not tissue_mask(np.full((64, 64, 3), 245, np.uint8)).any()  # empty glass: no tissue
+    noisy_glass = np.clip(np.random.default_rng(1).normal(240, 4, (64, 64, 3)), 0, 255).astype(np.uint8)
+    assert not tissue_mask(noisy_glass).any()
+
+
+def test_tiles_touching_agrees_with_brute_force():
+    rng = np.random.default_rng(0)
+    mask = rng.random((40, 50)) > 0.97
+    boxes = [(int(x), int(y), 24, 16) for x, y in rng.integers(0, 200, (60, 2))]
+    scale = 0.25
+    fast = tiles_touching(mask, boxes, scale)
+    for (x, y, w, h), got in zip(boxes, fast):
+        x0, y0 = int(np.floor(x * scale)), int(np.floor(y * scale))
+        x1, y1 = int(np.ceil((x + w) * scale)), int(np.ceil((y + h) * scale))
+        assert got == mask[y0:y1, x0:x1].any()
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def test_halve_is_a_rounded_2x2_mean():
+    band = np.random.default_rng(0).integers(0, 256, (6, 9, 3)).astype(np.uint8)
+    padded = np.concatenate([band, band[:, -1:]], axis=1).astype(np.float64)
+    reference = np.floor((padded[0::2, 0::2] + padded[1::2, 0::2] + padded[0::2, 1::2] + padded[1::2, 1::2]) / 4 + 0.5)
+    assert np.array_equal(halve(band), reference.astype(np.uint8))
+
+
+@pytest.mark.parametrize("compression", ["deflate", "jpeg"])
+def test_pyramid_tiff_opens_in_openslide_and_tiffslide(tmp_path, compression):
+    height, width, tile = 300, 520, 128
+    image, _ = he_like(height, width, seed=3)
+    bands = (image[y : y + tile] for y in range(0, height, tile))
+    out = tmp_path / "pyramid.tif"
+    info = write_pyramid_tiff(out, width, height, bands, mpp=0.5, spill_dir=tmp_path / "spill", tile=tile,
+                              compression=compression, thumbnail_size=200)
+    assert info.level_dimensions == [(520, 300), (260, 150), (130, 75), (65, 38)]  # until one tile holds it
+    assert info.thumbnail.shape == (115, 200, 3)
+    for handle in open_both(out):
+        assert handle.level_dimensions == tuple(info.level_dimensions)
+        assert mpp_of(handle) == pytest.approx(0.5)
+        level0 = np.asarray(handle.read_region((0, 0), 0, (width, height)))[..., :3]
+        level1 = np.asarray(handle.read_region((0, 0), 1, (260, 150)))[..., :3]
+        if compression == "deflate":
+            assert np.array_equal(level0, image)
+            assert np.array_equal(level1, halve(image))
+        else:
+            assert np.abs(level0.astype(float) - image).mean() < 4
+        handle.close()
+    assert not list((tmp_path / "spill").glob("*.png"))  # temporary strips removed
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    """``tdkstain ARGS`` in a subprocess (one thread, as every run compared here): exit code and stderr."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "tdkstain", *args], capture_output=True, text=True, env=env, timeout=300)
+    return proc.returncode, proc.stderr
+
+
+def run_cli_here(capsys, *args: str) -> tuple[int, str]:
+    """``tdkstain ARGS`` in this process (no interpreter start-up): exit code and stderr."""
+    code = cli_main(list(args))
+    return code, capsys.readouterr().err
+
+
+def test_slide_on_a_synthetic_multilevel_slide(synthetic_slide, tmp_path):
+    path, image, _ = synthetic_slide
+    out = tmp_path / "out" / "stained.tif"
+    stainer = Stainer(tiny_generator(), device="cpu", tile=128, overlap=16, batch=4)
+    messages: list[str] = []
+    result = stain_slide(stainer, path, out, model_mpp=0.5,
+                         options=SlideOptions(compression="deflate", tiff_tile=128), log=messages.append, progress=False)
+    # 0.5 um/px is level 1 of the slide: 512x384 pixels, 5x4 tiles of 128 with overlap >= 16.
+    assert (result.width, result.height, result.level, result.scale) == (512, 384, 1, 1.0)
+    assert result.tiles_total == 20 and 0 < result.tiles_background < 20
+    assert result.tiles_tissue + result.tiles_background == 20
+    assert any(f"{result.tiles_background} background tiles skipped" in m for m in messages)
+    assert result.forward_passes == 2 * result.tiles_tissue  # statistics pass + staining pass, tissue only
+    for handle in open_both(out):
+        assert handle.dimensions == (512, 384)
+        assert handle.level_dimensions == ((512, 384), (256, 192), (128, 96))
+        assert mpp_of(handle) == pytest.approx(0.5)
+        stained = np.asarray(handle.read_region((0, 0), 0, (512, 384)))[..., :3]
+        handle.close()
+    # The right third of the slide is glass: no tile there touches tissue, so it stays exactly white;
+    # inside the tissue the generator's output is not white.
+    assert (stained[:, 480:] == 255).all()
+    assert (stained[150:230, 100:250] != 255).any(axis=2).mean() > 0.9
+    thumbnail = np.asarray(Image.open(result.thumbnail))
+    assert thumbnail.shape == (384, 512, 3)  # smaller than --thumbnail-size: full level 0
+    assert not work_dir_for(out).exists()  # work removed after success
+
+
+def test_global_norm_slide_equals_whole_image_staining(synthetic_slide, tmp_path):
+    """With every tile stained, slide assembly reproduces the engine's stain_image (its global statistics)."""
+    path, image, _ = synthetic_slide
+    stainer = Stainer(tiny_generator(1), device="cpu", tile=128, overlap=32, batch=3, norm="global")
+    out = tmp_path / "all.tif"
+    stain_slide(stainer, path, out, model_mpp=1.0,
+                options=SlideOptions(tissue_detection=False, compression="deflate", tiff_tile=64), log=lambda m: None,
+                progress=False)
+    with Slide(path) as slide:
+        he = slide.read(2, 0, 0, 256, 192)  # 1 um/px is level 2
+    expected = stainer.stain_image(he)
+    with tifffile.TiffFile(out) as tiff:
+        got = tiff.pages[0].asarray()
+    # Tiles are cached as uint8 before blending (stain_image blends floats): at most 1 level apart.
+    assert got.shape == expected.shape
+    assert np.abs(got.astype(int) - expected).max() <= 1
+
+
+def test_kernel_norm_and_resampling(synthetic_slide, tmp_path):
+    path, _, _ = synthetic_slide
+    stainer = Stainer(tiny_generator(), device="cpu", tile=64, overlap=16, batch=8, norm="kernel", kernel_radius=1)
+    result = stain_slide(stainer, path, tmp_path / "k.tif", model_mpp=1.6, log=lambda m: None, progress=False)
+    assert (result.level, result.scale) == (2, pytest.approx(1.6))
+    assert (result.width, result.height) == (160, 120)
+    with openslide.OpenSlide(str(tmp_path / "k.tif")) as handle:
+        assert handle.dimensions == (160, 120) and mpp_of(handle) == pytest.approx(1.6)
+
+
+def test_zero_tissue_gives_an_all_white_slide_and_says_so(tmp_path):
+    glass = np.clip(np.random.default_rng(2).normal(243, 3, (256, 384, 3)), 0, 255).astype(np.uint8)
+    path = write_test_slide(tmp_path / "glass.tif", glass, mpp=0.5, levels=1)
+    messages: list[str] = []
+    stainer = Stainer(tiny_generator(), device="cpu", tile=128, overlap=16)
+    result = stain_slide(stainer, path, tmp_path / "white.tif", model_mpp=0.5, log=messages.append, progress=False,
+                         options=SlideOptions(compression="deflate"))
+    assert result.tiles_tissue == 0 and result.forward_passes == 0
+    assert any("no tissue found" in m and "--no-tissue-detection" in m for m in messages)
+    with tifffile.TiffFile(tmp_path / "white.tif") as tiff:
+        assert (tiff.pages[0].asarray() == 255).all()
+
+
+def test_changed_settings_start_over_and_encoding_options_reuse_tiles(synthetic_slide, tmp_path):
+    path, _, _ = synthetic_slide
+    out = tmp_path / "s.tif"
+    stainer = Stainer(tiny_generator(), device="cpu", tile=128, overlap=16, batch=4)
+    first = stain_slide(stainer, path, out, model_mpp=1.0, options=SlideOptions(keep_work=True), log=lambda m: None,
+                        progress=False)
+    again = stain_slide(stainer, path, out, model_mpp=1.0, log=lambda m: None, progress=False,
+                        options=SlideOptions(keep_work=True, compression="deflate", jpeg_quality=50, tiff_tile=64))
+    assert again.tiles_reused == first.tiles_tissue and again.forward_passes == 0
+    messages: list[str] = []
+    other = Stainer(tiny_generator(), device="cpu", tile=128, overlap=32, batch=4)
+    third = stain_slide(other, path, out, model_mpp=1.0, log=messages.append, progress=False)
+    assert third.tiles_reused == 0 and any("other settings; starting over" in m for m in messages)
+
+
+def test_cli_on_the_synthetic_slide(synthetic_slide, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "cli" / "slide.tif"
+    code, stderr = run_cli_here(capsys, "slide", "--checkpoint", str(tiny_checkpoint), str(synthetic_slide[0]), "--out", str(out),
+                           "--tile", "128", "--overlap", "16", "--no-progress")
+    assert code == 0, stderr
+    assert "background tiles skipped" in stderr
+    for handle in open_both(out):
+        # the card's 0.5 um/px -> level 1 of the slide; halved until one 256-pixel TIFF tile holds it
+        assert handle.level_dimensions == ((512, 384), (256, 192)) and mpp_of(handle) == pytest.approx(0.5)
+        handle.close()
+    assert (out.parent / "slide.thumbnail.png").is_file()
+
+
+@needs_cmu
+def test_cli_on_a_real_aperio_slide(tiny_checkpoint, tmp_path, capsys):
+    """The real CMU-1 region (2220x2967 at 0.499 um/px), stained at 2 um/px to stay fast."""
+    out = tmp_path / "cmu.tif"
+    code, stderr = run_cli_here(capsys, "slide", "--checkpoint", str(tiny_checkpoint), str(CMU_SVS), "--out", str(out),
+                           "--mpp", "2", "--tile", "128", "--overlap", "16", "--batch", "8", "--no-progress")
+    assert code == 0, stderr
+    expected = (round(2220 * 0.499 / 2), round(2967 * 0.499 / 2))  # (554, 740)
+    for handle in open_both(out):
+        assert handle.dimensions == expected
+        assert handle.level_count == 3 and handle.level_dimensions[1] == (277, 370)
+        assert mpp_of(handle) == pytest.approx(2.0)
+        handle.close()
+    skipped = int(stderr.split(" background tiles skipped")[0].rsplit(" ", 1)[-1])
+    assert skipped > 0  # the region's glass corners
+
+
+@needs_cmu
+@pytest.mark.slow
+def test_cli_with_the_authors_checkpoint_on_the_real_slide(tmp_path):
+    official = SHARED / "fixtures" / "official" / "official_G_ngf8.pth"
+    if not official.is_file():
+        pytest.skip(f"fixture not found: {official}")
+    out = tmp_path / "cmu_official.tif"
+    code, stderr = run_cli("slide", "--checkpoint", str(official), str(CMU_SVS), "--out", str(out))
+    assert code == 2 and "--mpp" in stderr and not out.exists()  # the .pth records no resolution
+    code, stderr = run_cli("slide", "--checkpoint", str(official), str(CMU_SVS), "--out", str(out), "--mpp", "4",
+                           "--tile", "128", "--overlap", "16", "--no-progress")
+    assert code == 0, stderr
+    with tiffslide.TiffSlide(str(out)) as handle:
+        assert handle.dimensions == (round(2220 * 0.499 / 4), round(2967 * 0.499 / 4))
+
+
+def test_cli_errors_name_the_file_and_the_fix(tiny_checkpoint, tmp_path, capsys):
+    bad = tmp_path / "broken.svs"
+    bad.write_bytes(b"\x00" * 100)
+    code, stderr = run_cli_here(capsys, "slide", "--checkpoint", str(tiny_checkpoint), str(bad), "--out", str(tmp_path / "o.tif"))
+    assert code == 2 and "broken.svs: cannot read as a slide" in stderr
+
+    image, _ = he_like(128, 128)
+    no_mpp = write_test_slide(tmp_path / "no_mpp.tif", image, mpp=None, levels=1)
+    code, stderr = run_cli_here(capsys, "slide", "--checkpoint", str(tiny_checkpoint), str(no_mpp), "--out", str(tmp_path / "o.tif"))
+    assert code == 2 and "no_mpp.tif" in stderr and "--slide-mpp" in stderr
+    assert not (tmp_path / "o.tif").exists()
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    code, stderr = run_cli_here(capsys, "slide", "--checkpoint", str(tiny_checkpoint), str(no_mpp), "--out", str(blocker / "o.tif"))
+    assert code == 2 and "not writable" in stderr
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root may write anywhere")
+def test_read_only_output_folder_is_a_clear_error(tiny_checkpoint, synthetic_slide, tmp_path):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(TdkstainError, match="not writable"):
+            stain_slide(Stainer(tiny_generator(), device="cpu", tile=128, overlap=16), synthetic_slide[0],
+                        folder / "o.tif", model_mpp=0.5, progress=False)
+    finally:
+        folder.chmod(0o755)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _FailingStainer(Stainer):
+    """A Stainer that dies on its ``fail_at``-th staining call, like a run cut short."""
+
+    fail_at = 3
+
+    def stain_tiles(self, tiles, stats=None, **kwargs):
+        self.fail_at -= 1
+        if self.fail_at == 0:
+            raise _Interrupted
+        return super().stain_tiles(tiles, stats, **kwargs)
+
+
+@pytest.mark.parametrize("norm", ["global", "kernel"])
+def test_interrupted_run_resumes_to_the_same_output(synthetic_slide, tmp_path, norm):
+    path = synthetic_slide[0]
+    kwargs = dict(device="cpu", tile=64, overlap=16, batch=3, norm=norm)
+    options = SlideOptions(compression="deflate")
+    reference = stain_slide(Stainer(tiny_generator(), **kwargs), path, tmp_path / "ref.tif", model_mpp=1.0,
+                            options=options, log=lambda m: None, progress=False)
+    out = tmp_path / "run.tif"
+    with pytest.raises(_Interrupted):
+        stain_slide(_FailingStainer(tiny_generator(), **kwargs), path, out, model_mpp=1.0, options=options,
+                    log=lambda m: None, progress=False)
+    assert not out.exists() and work_dir_for(out).is_dir()
+    resumed = stain_slide(Stainer(tiny_generator(), **kwargs), path, out, model_mpp=1.0, options=options,
+                          log=lambda m: None, progress=False)
+    assert 0 < resumed.tiles_reused < reference.tiles_tissue
+    assert resumed.forward_passes == reference.tiles_tissue - resumed.tiles_reused  # statistics were kept too
+    assert out.read_bytes() == (tmp_path / "ref.tif").read_bytes()
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_output(tiny_checkpoint, tmp_path):
+    """SIGKILL mid-staining, rerun: byte-identical to an uninterrupted run, never a partial file under the final name."""
+    image, _ = he_like(768, 768, seed=5)
+    slide = write_test_slide(tmp_path / "big.tif", image, mpp=0.5, levels=2)
+    common = ["--checkpoint", str(tiny_checkpoint), str(slide), "--tile", "128", "--overlap", "16", "--batch", "2",
+              "--compression", "deflate", "--no-progress"]
+
+    reference = tmp_path / "reference.tif"
+    code, stderr = run_cli("slide", *common, "--out", str(reference))
+    assert code == 0, stderr
+
+    out = tmp_path / "resumed" / "slide.tif"
+    tiles = work_dir_for(out) / "tiles"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "tdkstain", "slide", *common, "--out", str(out)],
+                            stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if tiles.is_dir() and len(list(tiles.glob("[0-9]*.png"))) >= 6:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before it could be killed (machine too fast for this slide)")
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()
+    done = len(list(tiles.glob("[0-9]*.png")))
+    assert done >= 6
+
+    code, stderr = run_cli("slide", *common, "--out", str(out))
+    assert code == 0, stderr
+    reused = int(stderr.split("resuming: ")[1].split(" ")[0])
+    assert 0 < reused <= done
+    assert out.read_bytes() == reference.read_bytes()
