@@ -481,3 +481,22 @@ def test_killed_run_resumes_to_the_same_output(tiny_checkpoint, tmp_path):
     reused = int(stderr.split("resuming: ")[1].split(" ")[0])
     assert 0 < reused <= done
     assert out.read_bytes() == reference.read_bytes()
+
+
+def test_a_live_run_holds_the_output_and_stale_temporaries_are_removed(synthetic_slide, tmp_path):
+    out = tmp_path / "locked.tif"
+    work = work_dir_for(out)
+    stainer = Stainer(tiny_generator(), device="cpu", tile=128, overlap=16)
+    # Another live process (our parent: pytest's runner is alive) holds the work folder.
+    work.mkdir()
+    (work / "lock").write_text(str(os.getppid()))
+    with pytest.raises(TdkstainError, match="another tdkstain slide"):
+        stain_slide(stainer, synthetic_slide[0], out, model_mpp=1.0, log=lambda m: None, progress=False)
+    # A dead process's lock is ignored; a half-written temporary TIFF of a killed run is cleaned away.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (work / "lock").write_text(str(dead.pid))
+    stale = tmp_path / ".tmp-locked-abc123.tif"
+    stale.write_bytes(b"half")
+    stain_slide(stainer, synthetic_slide[0], out, model_mpp=1.0, log=lambda m: None, progress=False)
+    assert out.is_file() and not stale.exists() and not work.exists()

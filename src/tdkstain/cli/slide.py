@@ -71,6 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--thumbnail-size", type=int, default=1024, help="longer side of the thumbnail PNG (default 1024)")
     output.add_argument("--keep-work", action="store_true",
                         help="keep OUT.tif.partial/ (stained tiles) after success, e.g. to re-encode with another quality")
+    parser.add_argument("--io-workers", type=int, default=None,
+                        help="threads reading slide tiles and threads encoding stained tiles (default: min(4, CPU cores))")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -117,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         jpeg_quality=args.jpeg_quality,
         thumbnail_size=args.thumbnail_size,
         keep_work=args.keep_work,
+        **({} if args.io_workers is None else {"io_workers": max(1, args.io_workers)}),
     )
     print(f"tdkstain slide: {stainer}", file=sys.stderr)
     result = stain_slide(

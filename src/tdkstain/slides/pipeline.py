@@ -28,12 +28,14 @@ same batch whether or not the run was interrupted: the result is identical
 to an uninterrupted run. Options that only change the encoding (compression,
 JPEG quality, TIFF tile size, thumbnail size) are not part of the job: rerun
 with another quality and only the TIFF is rewritten. The work folder is
-removed after success unless ``keep_work``.
+removed after success unless ``keep_work``. A lock file in it keeps a second
+run off the same output while the first is alive.
 
 Streaming and overlap. A reader thread reads (and resamples) the next
 chunks while the model runs, and a writer thread encodes stained tiles to
-PNG, each through a queue of :data:`QUEUE_DEPTH` chunks. Memory is bounded by
-the tiles in flight (about ``(2 * QUEUE_DEPTH + 1) * batch`` tiles), the
+PNG (``io_workers`` threads each), each side through a queue of
+``QUEUE_DEPTH * io_workers`` chunks. Memory is bounded by the tiles in flight
+(about ``(2 * QUEUE_DEPTH * io_workers + 1) * batch`` tiles), the
 model's activations, the per-tile statistics inside the pooling window
 (whole-slide pooling is a running sum), and at assembly a few decoded tiles
 plus a band of TIFF tiles per pyramid level (``tiff_tile x width x 3`` bytes):
@@ -99,6 +101,8 @@ class SlideOptions:
         jpeg_quality: 1..100.
         thumbnail_size: longer side of the output thumbnail PNG.
         keep_work: keep the work folder after success.
+        io_workers: threads reading slide tiles, and threads encoding stained tiles
+            (default: up to 4, by CPU count), so the model does not wait on I/O.
     """
 
     mpp: float | None = None
@@ -111,6 +115,7 @@ class SlideOptions:
     jpeg_quality: int = 90
     thumbnail_size: int = 1024
     keep_work: bool = False
+    io_workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
 
 
 @dataclass
@@ -229,6 +234,34 @@ def _prepare_work_dir(work: Path, job: dict[str, Any], log: Callable[[str], None
     write_text_atomic(job_file, json.dumps(job, indent=2))
 
 
+def _check_not_running(work: Path) -> None:
+    """Refuse to share a work folder with a live run (a killed run's lock is stale and ignored)."""
+    lock = work / "lock"
+    try:
+        pid = int(lock.read_text().strip())
+    except (OSError, ValueError):
+        return
+    if pid == os.getpid():
+        return  # an earlier call in this process that raised
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        pass  # alive, owned by another user
+    raise TdkstainError(
+        f"{work}: another tdkstain slide (process {pid}) is writing this output; wait for it to finish, "
+        f"or delete {lock} if that process is not tdkstain"
+    )
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Temporary files an interrupted run left beside the output (see tdkstain.atomic)."""
+    for final in (out, thumbnail_path_for(out)):
+        for stale in final.parent.glob(f".tmp-{final.stem}-*{final.suffix}"):
+            stale.unlink(missing_ok=True)
+
+
 # --------------------------------------------------------------------------- statistics on disk
 
 
@@ -339,12 +372,19 @@ def _run_chunks(
     compute: Callable[[int, list[np.ndarray]], Any],
     save: Callable[[int, Any], None],
     tick: Callable[[int], Any],
+    io_workers: int,
 ) -> None:
-    """Read (thread) -> compute (this thread: the model) -> save (thread), QUEUE_DEPTH chunks deep each side."""
+    """Read (threads) -> compute (this thread: the model) -> save (threads).
+
+    ``io_workers`` threads read and as many save; ``QUEUE_DEPTH * io_workers``
+    chunks wait on each side, so the model finds its next batch read and never
+    waits for the previous one to be encoded. Chunks are computed in order.
+    """
     if not todo:
         return
-    with ThreadPoolExecutor(1, thread_name_prefix="slide-read") as reader, ThreadPoolExecutor(
-        1, thread_name_prefix="slide-write"
+    depth = QUEUE_DEPTH * io_workers
+    with ThreadPoolExecutor(io_workers, thread_name_prefix="slide-read") as reader, ThreadPoolExecutor(
+        io_workers, thread_name_prefix="slide-write"
     ) as writer:
         reads: deque[tuple[int, Future]] = deque()
         writes: deque[Future] = deque()
@@ -355,7 +395,7 @@ def _run_chunks(
             if k is not None:
                 reads.append((k, reader.submit(_read_tiles, plan, plan.chunks[k])))
 
-        for _ in range(QUEUE_DEPTH):
+        for _ in range(depth):
             schedule_read()
         while reads:
             k, future = reads.popleft()
@@ -363,7 +403,7 @@ def _run_chunks(
             schedule_read()
             result = compute(k, tiles)
             writes.append(writer.submit(save, k, result))
-            while len(writes) > QUEUE_DEPTH:
+            while len(writes) > depth:
                 writes.popleft().result()
             tick(len(tiles))
         for future in writes:
@@ -501,7 +541,10 @@ def stain_slide(
         plan = _plan(slide, stainer, float(target_mpp), options, log)
         work = work_dir_for(out)
         job = _job(slide, stainer, plan, options, checkpoint_id)
+        _check_not_running(work)
         _prepare_work_dir(work, job, log)
+        (work / "lock").write_text(str(os.getpid()))
+        _remove_stale_temporaries(out)
         total = len(plan.grid)
         background = total - len(plan.tissue)
         log(f"tissue: {len(plan.tissue)} of {total} tiles to stain, {background} background tiles skipped (left white)")
@@ -528,6 +571,7 @@ def stain_slide(
                     lambda i, tiles: stainer.tile_stats(tiles, None if applied is None else applied.for_chunk(plan.chunks[i])),
                     lambda i, stats: _save_stats(folder / f"{i:06d}.npz", stats),
                     bar.update,
+                    options.io_workers,
                 )
             forward_passes += sum(len(plan.chunks[i]) for i in todo)
             previous = _PooledStats(folder, plan, stainer.norm, stainer.kernel_radius) if plan.tissue else None
@@ -546,6 +590,7 @@ def stain_slide(
                 lambda i, tiles: stainer.stain_tiles(tiles, None if pooled is None else pooled.for_chunk(plan.chunks[i])),
                 lambda i, stained: _save_tiles(work, plan.chunks[i], stained),
                 bar.update,
+                options.io_workers,
             )
         forward_passes += sum(len(plan.chunks[i]) for i in todo)
         timings["staining"] = time.perf_counter() - t0
@@ -575,7 +620,9 @@ def stain_slide(
         with atomic_path(thumbnail) as tmp:
             Image.fromarray(info.thumbnail).save(tmp, format="PNG")
         timings["assembly"] = time.perf_counter() - t0
-        if not options.keep_work:
+        if options.keep_work:
+            (work / "lock").unlink(missing_ok=True)
+        else:
             shutil.rmtree(work, ignore_errors=True)
         result = SlideResult(
             out=out,

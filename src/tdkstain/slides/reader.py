@@ -267,9 +267,10 @@ def read_thumbnail(slide: Slide, max_side: int) -> np.ndarray:
         candidates = [k for k, d in enumerate(slide.level_downsamples) if d <= factor]
         level = max(candidates) if candidates else 0
     level_width, level_height = slide.level_dimensions[level]
-    # Strips a whole number of output rows tall, ~2048 level rows each: bounded memory.
+    # Strips a whole number of output rows tall, ~512 level rows each: memory bounded by
+    # 512 x level width (e.g. 80 MB RGBA for a 40k-pixel single-level slide).
     rows_per_output = level_height / out_height
-    out_rows_per_strip = max(1, int(2048 // max(rows_per_output, 1e-9)))
+    out_rows_per_strip = max(1, int(512 // max(rows_per_output, 1e-9)))
     thumbnail = np.empty((out_height, out_width, 3), dtype=np.uint8)
     for out_y0 in range(0, out_height, out_rows_per_strip):
         out_y1 = min(out_height, out_y0 + out_rows_per_strip)

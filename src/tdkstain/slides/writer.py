@@ -20,6 +20,7 @@ written from its strips while building the next. Memory is a few bands
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from tdkstain.errors import TdkstainError
 COMPRESSIONS = ("jpeg", "deflate")
 #: Uncompressed size beyond which BigTIFF (64-bit offsets) is used; classic TIFF stops at 4 GiB.
 BIGTIFF_THRESHOLD_BYTES = 2**31
+#: Raw tiles tifffile gathers before encoding them on its threads (its default, 512 MiB, would dominate memory).
+ENCODE_BUFFER_BYTES = 16 * 2**20
 
 
 @dataclass
@@ -182,6 +185,12 @@ def write_pyramid_tiff(
     kept: list[np.ndarray] = []
     info = PyramidInfo(level_dimensions=dims)
     pixels_per_cm = 1e4 / mpp
+    # tifffile otherwise gathers up to 512 MiB of tiles to encode them in parallel (older versions lack the option)
+    buffer_option = (
+        {"buffersize": ENCODE_BUFFER_BYTES}
+        if "buffersize" in inspect.signature(tifffile.TiffWriter.write).parameters
+        else {}
+    )
 
     with tifffile.TiffWriter(path, bigtiff=width * height * 3 > BIGTIFF_THRESHOLD_BYTES) as tiff:
         level_bands: Iterable[np.ndarray] = bands
@@ -223,6 +232,7 @@ def write_pyramid_tiff(
                 metadata=None,
                 maxworkers=maxworkers,
                 **options,
+                **buffer_option,
             )
             if spill is not None:
                 level_bands = iter(spill)
