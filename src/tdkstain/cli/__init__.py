@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "import-checkpoint": "import_checkpoint",
     "demo": "demo",
     "evaluate": "evaluate",
+    "classify": "classify",
     "translate": "translate",
     "slide": "slide",
 }
