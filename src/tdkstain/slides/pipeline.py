@@ -150,6 +150,10 @@ class _Plan:
     grid: TileGrid
     tissue: list[TilePosition]  # row-major
     chunks: list[list[TilePosition]]
+    tissue_index: dict[tuple[int, int], TilePosition] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.tissue_index = {p.index: p for p in self.tissue}
 
 
 def _plan(slide: Slide, stainer: Stainer, target_mpp: float, options: SlideOptions, log: Callable[[str], None]) -> _Plan:
@@ -424,57 +428,68 @@ def _save_tiles(work: Path, chunk: Sequence[TilePosition], stained: Sequence[np.
 # --------------------------------------------------------------------------- assembly
 
 
-def _assembled_bands(plan: _Plan, work: Path, margin: int, band_rows: int) -> Iterator[np.ndarray]:
-    """Level-0 bands ``band_rows`` tall: stained tiles blended with the engine's weights, white elsewhere.
+def _touching(starts: list[int], size: int, lo: int, hi: int) -> range:
+    """Indices of the tiles ``[s, s + size)`` that intersect ``[lo, hi)``; ``starts`` increasing."""
+    return range(bisect.bisect_right(starts, lo - size), bisect.bisect_left(starts, hi))
+
+
+def _assemble_band(plan: _Plan, work: Path, margin: int, band_rows: int, y0: int) -> np.ndarray:
+    """Level-0 rows ``[y0, y0 + band_rows)``: stained tiles blended with the engine's weights, white elsewhere.
 
     Pixels get ``sum(weight * tile) / sum(weight)`` over the stained tiles
     covering them (as :class:`tdkstain.inference.Blender`), rounded; pixels
     that no stained tile covers with positive weight are background (white).
-    Blended one ``band_rows``-wide block at a time; only the tiles touching
-    the current block are decoded.
+    Blended one ``band_rows``-wide block at a time, decoding only the tiles
+    that touch the block (each kept while the blocks to its right need it).
+
+    Returns:
+        ``(rows, width, 3)`` uint8 RGB.
     """
     grid = plan.grid
-    tissue = {p.index: p for p in plan.tissue}
-    row_starts, col_starts = grid.row_starts, grid.col_starts
-    th, tw = grid.tile_height, grid.tile_width
+    tissue = plan.tissue_index
+    y1 = min(plan.height, y0 + band_rows)
+    band = np.full((y1 - y0, plan.width, 3), 255, dtype=np.uint8)
+    rows = _touching(grid.row_starts, grid.tile_height, y0, y1)
     decoded: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    for x0 in range(0, plan.width, band_rows):
+        x1 = min(plan.width, x0 + band_rows)
+        cols = _touching(grid.col_starts, grid.tile_width, x0, x1)
+        members = [(r, c) for r in rows for c in cols if (r, c) in tissue]
+        for key in [key for key in decoded if key not in members]:
+            del decoded[key]  # blocks go left to right: a tile not needed here is done for this band
+        if not members:
+            continue
+        total = np.zeros((y1 - y0, x1 - x0, 3), dtype=np.float32)
+        weight = np.zeros((y1 - y0, x1 - x0, 1), dtype=np.float32)
+        for key in members:
+            p = tissue[key]
+            if key not in decoded:
+                with Image.open(_tile_file(work, p)) as image:
+                    decoded[key] = (np.asarray(image.convert("RGB")), grid.weights(p, margin)[:, :, None])
+            tile, w = decoded[key]
+            ty0, ty1 = max(y0, p.y), min(y1, p.y + p.height)
+            tx0, tx1 = max(x0, p.x), min(x1, p.x + p.width)
+            piece_w = w[ty0 - p.y : ty1 - p.y, tx0 - p.x : tx1 - p.x]
+            piece = tile[ty0 - p.y : ty1 - p.y, tx0 - p.x : tx1 - p.x]
+            total[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] += piece * piece_w
+            weight[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] += piece_w
+        blended = np.divide(total, weight, out=np.full_like(total, 255.0), where=weight > 0)
+        band[:, x0:x1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    return band
 
-    def touching(starts: list[int], size: int, lo: int, hi: int) -> range:
-        # tiles [s, s + size) intersecting [lo, hi); starts are increasing
-        first = bisect.bisect_right(starts, lo - size)
-        last = bisect.bisect_left(starts, hi)
-        return range(first, last)
 
-    for y0 in range(0, plan.height, band_rows):
-        y1 = min(plan.height, y0 + band_rows)
-        band = np.full((y1 - y0, plan.width, 3), 255, dtype=np.uint8)
-        rows = touching(row_starts, th, y0, y1)
-        for x0 in range(0, plan.width, band_rows):
-            x1 = min(plan.width, x0 + band_rows)
-            cols = touching(col_starts, tw, x0, x1)
-            members = [(r, c) for r in rows for c in cols if (r, c) in tissue]
-            for key in [key for key in decoded if key not in members]:
-                del decoded[key]  # blocks go left to right: a tile not needed here is done for this band
-            if not members:
-                continue
-            total = np.zeros((y1 - y0, x1 - x0, 3), dtype=np.float32)
-            weight = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
-            for key in members:
-                p = tissue[key]
-                if key not in decoded:
-                    with Image.open(_tile_file(work, p)) as image:
-                        decoded[key] = (np.asarray(image.convert("RGB")), grid.weights(p, margin))
-                tile, w = decoded[key]
-                ty0, ty1 = max(y0, p.y), min(y1, p.y + p.height)
-                tx0, tx1 = max(x0, p.x), min(x1, p.x + p.width)
-                piece_w = w[ty0 - p.y : ty1 - p.y, tx0 - p.x : tx1 - p.x]
-                piece = tile[ty0 - p.y : ty1 - p.y, tx0 - p.x : tx1 - p.x].astype(np.float32)
-                total[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] += piece * piece_w[:, :, None]
-                weight[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] += piece_w
-            covered = weight > 0
-            block = band[:, x0:x1]
-            block[covered] = np.clip(np.rint(total[covered] / weight[covered][:, None]), 0, 255).astype(np.uint8)
-        yield band
+def _assembled_bands(plan: _Plan, work: Path, margin: int, band_rows: int, workers: int) -> Iterator[np.ndarray]:
+    """The level-0 bands top to bottom, ``workers`` of them blended at a time on threads (numpy and
+    Pillow's decoder release the GIL), at most ``workers + 1`` waiting."""
+    starts = iter(range(0, plan.height, band_rows))
+    with ThreadPoolExecutor(workers, thread_name_prefix="slide-blend") as pool:
+        pending: deque[Future] = deque()
+        for y0 in starts:
+            pending.append(pool.submit(_assemble_band, plan, work, margin, band_rows, y0))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 # --------------------------------------------------------------------------- the whole job
@@ -607,7 +622,7 @@ def stain_slide(
                 tmp,
                 plan.width,
                 plan.height,
-                _assembled_bands(plan, work, stainer.blend_margin, options.tiff_tile),
+                _assembled_bands(plan, work, stainer.blend_margin, options.tiff_tile, options.io_workers),
                 mpp=plan.view.mpp,
                 spill_dir=spill,
                 tile=options.tiff_tile,
