@@ -171,7 +171,7 @@ def test_evaluate_cli_writes_metrics_csv_plots_and_a_consistent_report(synth_eva
     out = synth_eval / "report"
     code = main([
         "evaluate", "--real", str(synth_eval / "real"), "--fake", str(synth_eval / "noisy"), "--he", str(synth_eval / "he"),
-        "--compare", f"nodab={synth_eval / 'nodab'}", "--out", str(out), "--no-fid", "--no-perceptual", "--grid-tiles", "1",
+        "--compare", f"nodab={synth_eval / 'nodab'}", "--out", str(out), "--no-fid", "--grid-tiles", "1",
     ])
     assert code == 0
     assert "noisy: SSIM" in capsys.readouterr().out
@@ -188,8 +188,13 @@ def test_evaluate_cli_writes_metrics_csv_plots_and_a_consistent_report(synth_eva
     assert noisy["psnr"]["mean"] == pytest.approx(np.mean(psnrs), abs=1e-6)
     assert metrics["definitions"]["ssim"]["canonical"] is True and "channel_axis=-1" in metrics["definitions"]["ssim"]["definition"]
     # Metrics switched off are reported as unavailable with the reason, never as numbers.
-    for key in ("fid", "kid", "dists", "lpips"):
+    for key in ("fid", "kid"):
         assert noisy[key]["available"] is False and "switched off" in noisy[key]["reason"]
+    for key in ("dists", "lpips"):  # computed when the ImageNet VGG16 weights are installed, else said why not
+        if noisy[key].get("available") is False:
+            assert "vgg16" in noisy[key]["reason"] or "lpips" in noisy[key]["reason"], noisy[key]["reason"]
+        else:
+            assert 0 < noisy[key]["mean"] < 1
     # Unpaired files are reported.
     assert noisy["pairing"]["unpaired_real"] == ["lonely_real_2+"]
     assert noisy["pairing"]["unpaired_fake"] == ["lonely_fake_0"]
@@ -254,3 +259,39 @@ def test_worker_processes_give_the_same_per_image_results(synth_eval):
                      "--workers", str(workers)]) == 0
         outs.append((out / "per_image.csv").read_bytes())
     assert outs[0] == outs[1] and outs[0].count(b"\n") == 7
+
+
+class _MeanAbsoluteDifference:
+    """Stand-in perceptual metric with a known answer: mean |real - fake| / 255 per image."""
+
+    canonical = False
+    description = "stand-in: mean absolute difference"
+
+    def __init__(self):
+        self.batches: list[int] = []
+
+    def score_images(self, real: np.ndarray, fake: np.ndarray) -> np.ndarray:
+        self.batches.append(len(real))
+        return np.abs(real.astype(np.float64) - fake.astype(np.float64)).mean(axis=(1, 2, 3)) / 255.0
+
+
+def test_perceptual_metrics_are_batched_mapped_to_their_tiles_and_flagged_non_canonical(synth_eval, monkeypatch):
+    from tdkstain.evaluation import EvaluationOptions, evaluate, runner
+
+    metrics_made: dict[str, _MeanAbsoluteDifference] = {}
+    monkeypatch.setattr(runner, "_perceptual_metric", lambda name, options: metrics_made.setdefault(name, _MeanAbsoluteDifference()))
+    out = synth_eval / "report_perceptual"
+    result = evaluate(synth_eval / "real", {"noisy": synth_eval / "noisy"}, out,
+                      options=EvaluationOptions(fid=False, batch_size=4, grid_tiles=0), log=lambda m: None)
+    assert metrics_made["dists"].batches == [4, 2]  # 6 tiles streamed in batches of 4
+    expected = {}
+    for path in sorted((synth_eval / "real").glob("tile_*.png")):
+        r, f = read_rgb(path).astype(np.float64), read_rgb(synth_eval / "noisy" / path.name).astype(np.float64)
+        expected[path.stem] = np.abs(r - f).mean() / 255.0
+    rows = {r["stem"]: r for r in csv.DictReader((out / "per_image.csv").open())}
+    for stem, value in expected.items():
+        assert float(rows[stem]["dists"]) == pytest.approx(value, abs=1e-6)
+        assert float(rows[stem]["lpips"]) == pytest.approx(value, abs=1e-6)
+    noisy = result["methods"]["noisy"]
+    assert noisy["dists"]["mean"] == pytest.approx(np.mean(list(expected.values())), abs=1e-12)
+    assert noisy["dists"]["canonical"] is False and result["definitions"]["dists"]["canonical"] is False

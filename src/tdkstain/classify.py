@@ -264,7 +264,7 @@ def train_classifier(
 
     Returns the model card (``model.json``'s content).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save as safetensors_bytes
 
     settings = settings or TrainSettings()
     log = log or (lambda message: print(message, file=sys.stderr))
@@ -321,9 +321,11 @@ def train_classifier(
     recalibrate_batchnorm(model, torch.utils.data.DataLoader(data, batch_size=settings.batch), device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Bytes written from Python: safetensors' save_file can lose a failed flush (full disk) silently.
+    data = safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                             metadata={"arch": settings.arch, "classes": ",".join(CLASSES)})
     with atomic_path(out_dir / MODEL_FILE) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp),
-                  metadata={"arch": settings.arch, "classes": ",".join(CLASSES)})
+        tmp.write_bytes(data)
     card = {
         "task": "HER2 membrane staining intensity, 4 classes",
         "arch": settings.arch,

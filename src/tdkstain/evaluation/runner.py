@@ -249,11 +249,15 @@ def _perceptual_metric(name: str, options: EvaluationOptions) -> Any:
 
     if name == "dists":
         return perceptual.DISTS(vgg16_weights=options.vgg16_weights, device=options.device)
-    return perceptual.LPIPS(device=options.device)
+    # LPIPS on VGG16, the variant image-translation papers report.
+    return perceptual.LPIPS("vgg", backbone_weights=options.vgg16_weights, device=options.device)
 
 
 def _stack(images: list[np.ndarray]) -> list[np.ndarray]:
-    """Group same-sized images into (N, H, W, 3) batches (a folder may mix tile sizes)."""
+    """Group same-sized images into (N, H, W, 3) batches (a folder may mix tile sizes).
+
+    Real and generated lists of one batch are grouped alike (their sizes are checked equal per tile).
+    """
     if all(im.shape == images[0].shape for im in images):
         return [np.stack(images)]
     return [im[None] for im in images]
@@ -399,11 +403,18 @@ def _deep_batch(
         real_features.extend(deep.inception(group) for group in _stack(real_images))
     for r in results:
         fake_images = [read_rgb(fakes[r.name][p.stem]) for p in batch]
+        for p, real, fake in zip(batch, real_images, fake_images):
+            if fake.shape != real.shape:
+                raise TdkstainError(
+                    f"{fakes[r.name][p.stem]} is {fake.shape[1]}x{fake.shape[0]} px but its real tile {p.real} is "
+                    f"{real.shape[1]}x{real.shape[0]} px; generate at the real tile's size"
+                )
         if deep.inception is not None:
             r.features.extend(deep.inception(group) for group in _stack(fake_images))
         for name, metric in deep.perceptual.items():
-            for p, real, fake in zip(batch, real_images, fake_images):
-                perceptual_values[r.name].setdefault(p.stem, {})[name] = float(np.asarray(metric(real[None], fake[None])).reshape(-1)[0])
+            values = np.concatenate([metric.score_images(a, b) for a, b in zip(_stack(real_images), _stack(fake_images))])
+            for p, value in zip(batch, values):
+                perceptual_values[r.name].setdefault(p.stem, {})[name] = float(value)
 
 
 def _mean_std(values: list[float]) -> dict:
