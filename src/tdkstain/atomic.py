@@ -4,15 +4,49 @@ Write into a temporary file in the destination folder, flush to disk, then
 ``os.replace`` it over the final name (atomic on POSIX and Windows when both
 lie on one file system). An interrupted write leaves only a ``.tmp-*`` file,
 which the next run ignores and overwrites.
+
+A full disk or a folder that cannot be written becomes a
+:class:`~tdkstain.errors.TdkstainError` naming the *final* file (not the
+temporary one) and the fix; the earlier version of the file, if any, is left
+as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from tdkstain.errors import TdkstainError
+
+# errno values meaning "no room left" (ENOSPC; EDQUOT: a quota, same fix) and
+# "this folder refuses writes" (permissions, a read-only mount).
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def write_error(final: Path, err: OSError) -> TdkstainError | None:
+    """A user-facing error for a failed write of ``final``, or None when ``err`` is not a known cause."""
+    if err.errno in _DISK_FULL:
+        return TdkstainError(
+            f"{final}: disk full while writing it ({err.strerror}); free space on the disk holding "
+            f"{final.parent} (or choose another output folder) and rerun the same command. "
+            "Nothing was written under this name; an earlier version of the file, if any, is unchanged."
+        )
+    if err.errno in _NOT_WRITABLE:
+        return TdkstainError(
+            f"{final}: cannot write to the folder {final.parent} (not writable: {err.strerror}); "
+            "choose another output folder or fix its permissions."
+        )
+    if err.errno in (errno.ENOTDIR, errno.EEXIST) and not final.parent.is_dir():
+        return TdkstainError(
+            f"{final}: cannot create the folder {final.parent}: a file of that name (or above it) is in the "
+            "way; choose another output folder."
+        )
+    return None
 
 
 @contextlib.contextmanager
@@ -21,19 +55,29 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
 
     The temporary name keeps the final suffix so that writers which pick a
     format from the extension (Pillow, tifffile) still do the right thing.
+
+    Raises:
+        TdkstainError: the disk is full or the folder is not writable (the
+            message names ``final``); other ``OSError`` pass through.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".tmp-{final.stem}-", suffix=final.suffix)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".tmp-{final.stem}-", suffix=final.suffix)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, final)
+    except OSError as err:
+        friendly = write_error(final, err)
+        if friendly is None:
+            raise
+        raise friendly from err
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 

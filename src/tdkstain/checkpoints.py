@@ -34,6 +34,7 @@ from torch import nn
 from tdkstain import __version__
 from tdkstain.atomic import atomic_path
 from tdkstain.errors import TdkstainError
+from tdkstain.methods.blocks import Pix2pixResnetGenerator, UnetGenerator
 from tdkstain.networks import MultiscaleDiscriminator, NucleiDensityEstimator, ResnetGenerator
 
 __all__ = [
@@ -62,6 +63,9 @@ NETWORKS: dict[str, type[nn.Module]] = {
     "ResnetGenerator": ResnetGenerator,
     "MultiscaleDiscriminator": MultiscaleDiscriminator,
     "NucleiDensityEstimator": NucleiDensityEstimator,
+    # Generators of the comparison methods (tdkstain.methods: pix2pix, PyramidPix2pix).
+    "UnetGenerator": UnetGenerator,
+    "Pix2pixResnetGenerator": Pix2pixResnetGenerator,
 }
 
 # Where load_generator looks inside a run folder, first match wins: the
@@ -92,7 +96,7 @@ def save_weights(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor]
     Each metadata value must be JSON-serialisable; ``"format"`` defaults to
     ``WEIGHTS_FORMAT``. Returns the final path.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save as safetensors_bytes
 
     path = Path(path)
     card = {"format": WEIGHTS_FORMAT, **dict(metadata)}
@@ -115,8 +119,11 @@ def save_weights(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor]
         else:
             seen_storages.add(storage)
         tensors[key] = tensor
+    # Encode in memory and write from Python: safetensors' own save_file loses a
+    # failed final flush (a full disk) without an error; Python's write raises it.
+    data = safetensors_bytes(tensors, metadata=encoded)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=encoded)
+        tmp.write_bytes(data)
     return path
 
 

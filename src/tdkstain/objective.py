@@ -50,9 +50,9 @@ Terms = dict[str, torch.Tensor]
 class NonFiniteLoss(TdkstainError):
     """A loss term became NaN or infinite; ``term`` names it (e.g. ``generator/l1``)."""
 
-    def __init__(self, term: str):
+    def __init__(self, term: str, what: str = "loss term"):
         self.term = term
-        super().__init__(f"non-finite loss term '{term}'")
+        super().__init__(f"non-finite {what} '{term}'")
 
 
 @dataclass
@@ -105,6 +105,12 @@ def frozen(*modules: nn.Module | None) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+def _gradients_finite(net: nn.Module) -> bool:
+    """True when every parameter gradient of ``net`` is finite (one device sync)."""
+    checks = [torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None]
+    return not checks or bool(torch.stack(checks).all())
+
+
 def _update(phase: str, loss: torch.Tensor, terms: Terms, net: nn.Module, optimizer: torch.optim.Optimizer, rt: Runtime) -> bool:
     """Backward and step, unless a term is non-finite (then stop or skip, on every rank alike)."""
     bad = [name for name, value in terms.items() if not bool(torch.isfinite(value).all())]
@@ -121,6 +127,15 @@ def _update(phase: str, loss: torch.Tensor, terms: Terms, net: nn.Module, optimi
         loss.backward()
     if rt.average_gradients is not None:
         rt.average_gradients(net)
+    # A finite loss can still give NaN / inf gradients (an overflow in backward).
+    # fp16's GradScaler checks and skips such steps itself; elsewhere check here,
+    # after averaging, so that every rank decides alike.
+    if rt.scaler is None and not _gradients_finite(net):
+        if rt.nonfinite == "stop":
+            raise NonFiniteLoss(phase, what="gradients in network")
+        optimizer.zero_grad(set_to_none=True)
+        rt.skipped += 1
+        return False
     if rt.scaler is not None:
         rt.scaler.step(optimizer)
         rt.scaler.update()
@@ -307,6 +322,9 @@ class TdkstainObjective:
 # name in the config's ``method`` -> objective class. A literal registry: each
 # method is one class with ``needs``, ``build_networks``, ``lr_factor``, ``train_step``.
 OBJECTIVES: dict[str, type] = {"tdkstain": TdkstainObjective}
+# The comparison methods (pix2pix, pix2pixHD, PyramidPix2pix, CycleGAN, ASP) add
+# themselves here when tdkstain.methods is imported, which this line does.
+import tdkstain.methods  # noqa: E402,F401  (after OBJECTIVES: the package imports this module)
 
 
 def create_objective(cfg: Config, steps_per_epoch: int) -> TdkstainObjective:

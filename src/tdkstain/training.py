@@ -20,6 +20,7 @@ reads them.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -254,10 +255,19 @@ def load_latest(run_dir: str | os.PathLike, map_location: str | torch.device = "
 def save_checkpoint(run_dir: str | os.PathLike, payload: dict[str, Any], keep_last: int) -> Path:
     """Write ``step_XXXXXXXX.pt`` atomically, then drop all but the newest ``keep_last``."""
     path = Path(run_dir) / "checkpoints" / f"step_{payload['step']:08d}.pt"
+    # torch.save reports a failed write (a full disk) as an opaque RuntimeError from its
+    # C++ writer, to a path and to a file object alike. Serialise in memory, write from
+    # Python: its OSError(ENOSPC) becomes, in atomic_path, a message naming the checkpoint.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getbuffer())
     for old in checkpoint_files(run_dir)[:-keep_last]:
         old.unlink(missing_ok=True)
+    # A run killed while writing left a temporary (.tmp-step_*.pt) that atomic_path
+    # could not remove; only this process writes checkpoints here, so drop them.
+    for stale in path.parent.glob(".tmp-step_*.pt"):
+        stale.unlink(missing_ok=True)
     return path
 
 
@@ -473,7 +483,14 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """On resume, forget records past the checkpoint (an interrupted run logged them, the rerun will again)."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by a kill mid-append (or an empty one)
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            keep.append(line)
     write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 

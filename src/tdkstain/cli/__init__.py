@@ -69,6 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"tdkstain {args.command}: interrupted; rerun the same command to continue.", file=sys.stderr)
         return 130
+    except OSError as err:
+        # A full disk or a folder that refuses writes, met outside tdkstain.atomic
+        # (a folder created up front, a log appended to): name the file and the fix.
+        from pathlib import Path
+
+        from tdkstain.atomic import write_error
+
+        friendly = write_error(Path(err.filename), err) if err.filename else None
+        if friendly is None:
+            raise
+        print(f"tdkstain {args.command}: error: {friendly}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
