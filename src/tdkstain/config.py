@@ -128,16 +128,46 @@ class TrainConfig(Section):
     tensorboard: bool = True
 
 
+class BaselineConfig(Section):
+    """Settings of the comparison methods (``tdkstain.methods``; Table 1 of the paper).
+
+    Method ``tdkstain`` ignores this section. Each method's preset
+    (``configs/pix2pix.yaml`` ...) sets the values its paper publishes and
+    cites them; the defaults here are only neutral starting points.
+    """
+
+    norm: Literal["instance", "batch"] = Field("instance", description="generator/PatchGAN norm (pix2pix: batch)")
+    dropout: bool = Field(False, description="dropout 0.5 in the generator (pix2pix U-Net / ResNet blocks)")
+    pyramid: list[float] = Field(default_factory=list, description="PyramidPix2pix: L1 weights of Gaussian pyramid octaves 2, 3, 4 (BCI: 25 each)")
+    feature_matching: float = Field(0.0, ge=0, description="pix2pixHD: GAN feature-matching weight (10)")
+    vgg: float = Field(0.0, ge=0, description="pix2pixHD: VGG19 perceptual weight (10); needs vgg19_weights")
+    vgg19_weights: str | None = Field(None, description="torchvision ImageNet VGG19 file vgg19-dcbb9e9d.pth, or a folder holding it")
+    cycle: float = Field(10.0, ge=0, description="CycleGAN: cycle-consistency weight (lambda_A = lambda_B)")
+    identity: float = Field(0.5, ge=0, description="CycleGAN: identity weight, times the cycle weight")
+    pool_size: int = Field(50, ge=0, description="CycleGAN: image pool of generated images (0: none)")
+    nce: float = Field(10.0, ge=0, description="ASP/CUT: PatchNCE weight (lambda_NCE)")
+    nce_layers: list[int] = Field(default_factory=lambda: [0, 4, 7, 10, 14], description="generator Sequential indices whose outputs PatchNCE compares")
+    nce_patches: int = Field(256, ge=1, description="patches sampled per layer")
+    nce_temperature: float = Field(0.07, gt=0)
+    nce_dim: int = Field(256, ge=1, description="width of the MLP projection heads (netF_nc)")
+    asp: float = Field(10.0, ge=0, description="ASP: adaptive supervised PatchNCE weight (lambda_asp)")
+    asp_schedule: Literal["lambda_linear", "none"] = "lambda_linear"
+    gaussian_pyramid: float = Field(0.0, ge=0, description="ASP: Gaussian-pyramid L1 weight (lambda_gp)")
+    gaussian_pyramid_weights: list[float] = Field(default_factory=lambda: [1.0] * 6, description="per-level weights, finest first")
+    spectral_norm: bool = Field(False, description="spectral norm on the PatchGAN's convs (ASP's MIST setting)")
+
+
 class Config(Section):
     """The whole run. ``method`` picks the objective (``objective.OBJECTIVES``)."""
 
-    method: Literal["tdkstain"] = "tdkstain"
+    method: Literal["tdkstain", "pix2pix", "pix2pixhd", "pyramidpix2pix", "cyclegan", "asp"] = "tdkstain"
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
+    baseline: BaselineConfig = BaselineConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain builtins (lists, not tuples): safe for YAML, JSON and ``torch.load(weights_only=True)``."""

@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "classify": "classify",
     "translate": "translate",
     "slide": "slide",
+    "benchmark": "benchmark",
 }
 
 

@@ -1,0 +1,113 @@
+"""ASP: adaptive supervised PatchNCE (Li et al., MICCAI 2023) as a TDKstain-framework method.
+
+Settings from lifangda01/AdaptiveSupervisedPatchNCE, ``experiments/mist_launcher.py``
+(their MIST HER2 run) on top of ``models/cpt_model.py`` defaults: CUT_mode
+FastCUT (no identity NCE), resnet_6blocks generator (2 downsamplings),
+PatchGAN n_layers_D 5 with ndf 32, instance norm, spectral norm in D, LSGAN
+(CUT's default ``gan_mode``), lambda_GAN 1, lambda_NCE 10 on nce_layers
+0,4,8,12,16 with 256 patches, nce_T 0.07 and 256-wide MLP heads (netF
+``mlp_sample``), lambda_asp 10 with ``asp_loss_mode lambda_linear``,
+lambda_gp 10 with gp_weights [1/64, 1/32, 1/16, 1/8, 1/4, 1] (6 levels),
+xavier init (gain 0.02), 30 + 10 epochs.
+
+Networks: ``generator`` (our ResNet generator; stride-2 convs, i.e. CUT's
+``--no_antialias --no_antialias_up`` variant, same parameter count),
+``discriminator`` (unconditional PatchGAN on IHC), ``projection`` (netF).
+``baseline.nce_layers`` index our generator's Sequential: 0, 4, 7, 10, 14 are
+the positions of CUT's 0, 4, 8, 12, 16 in its anti-aliased layout (input
+padding, the two downsampling convs, residual blocks 1 and 5).
+
+Per iteration (D first, then G and netF together, as ``CPTModel``):
+
+1. D: ``0.5 * (GAN(D(y), 1) + GAN(D(G(x)), 0))``
+2. G, netF: ``GAN(D(G(x)), 1) + w_nce * NCE(G(x) | x) + w_asp * ASP(G(x) | y) + w_gp * GP(G(x), y)``,
+   where each NCE is the mean over layers of the mean PatchNCE over sampled
+   patches (``losses.patch_nce``), ASP weighting each patch by
+   ``losses.asp_weights`` on the epoch schedule.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tdkstain.methods.base import BaselineObjective, update
+from tdkstain.methods.blocks import PatchDiscriminator, PatchSampleMLP, sequential_features, xavier_init
+from tdkstain.methods.losses import asp_weights, gauss_pyramid_l1, patch_nce, positive_logits
+from tdkstain.networks import ResnetGenerator
+from tdkstain.objective import Batch, Nets, Optimizers, Runtime, Terms, frozen, gan_loss
+
+__all__ = ["ASPObjective", "layer_channels"]
+
+
+def layer_channels(generator: ResnetGenerator, layer_ids: list[int], size: int = 32) -> list[int]:
+    """Channels of the generator's outputs at ``layer_ids`` (one tiny forward on zeros, no gradients)."""
+    with torch.no_grad():
+        x = torch.zeros(1, generator.init_kwargs["input_nc"], size, size)
+        return [t.shape[1] for t in sequential_features(generator.model, layer_ids, x)]
+
+
+class ASPObjective(BaselineObjective):
+    """ASP on the MIST configuration: PatchNCE + adaptive supervised PatchNCE + Gaussian-pyramid L1."""
+
+    def networks(self) -> Nets:
+        m, o = self.cfg.model, self.options
+        generator = ResnetGenerator(3, 3, m.ngf, m.n_downsampling, m.n_blocks)
+        size = 2 ** (m.n_downsampling + 3)
+        return {
+            "generator": generator,
+            "discriminator": PatchDiscriminator(3, m.ndf, m.n_layers_d, o.norm, o.spectral_norm),
+            "projection": PatchSampleMLP(layer_channels(generator, list(o.nce_layers), size), o.nce_dim),
+        }
+
+    def initialise(self, nets: Nets) -> Nets:
+        for net in nets.values():
+            xavier_init(net, 0.02)
+        return nets
+
+    def _nce(self, projection: PatchSampleMLP, query_features, key_features, batch: int, epoch: int | None) -> torch.Tensor:
+        """Mean over layers of the mean (optionally ASP-weighted) PatchNCE; patch locations drawn from the keys."""
+        o = self.options
+        keys, ids = projection(key_features, o.nce_patches, None)
+        queries, _ = projection(query_features, o.nce_patches, ids)
+        total = torch.zeros((), device=keys[0].device)
+        for q, k in zip(queries, keys):
+            loss = patch_nce(q.float(), k.float(), batch, o.nce_temperature)
+            if epoch is not None and o.asp_schedule == "lambda_linear":
+                loss = loss * asp_weights(positive_logits(q.float(), k.float()), epoch, self.cfg.schedule.epochs,
+                                          self.cfg.schedule.decay_epochs)
+            total = total + loss.mean()
+        return total / len(queries)
+
+    def train_step(self, step: int, nets: Nets, optimizers: Optimizers, batch: Batch, rt: Runtime) -> Terms:
+        generator, discriminator, projection = nets["generator"], nets["discriminator"], nets["projection"]
+        he, ihc = batch["he"], batch["ihc"]
+        o = self.options
+        with rt.autocast():
+            fake = generator(he)
+            fake_scores = discriminator(fake.detach())
+            real_scores = discriminator(ihc)
+        d_fake = gan_loss([fake_scores], False, self.loss.gan)
+        d_real = gan_loss([real_scores], True, self.loss.gan)
+        d_total = 0.5 * (d_real + d_fake)
+        update("discriminator", d_total, {"real": d_real, "fake": d_fake}, [discriminator], [optimizers["discriminator"]], rt)
+
+        terms: Terms = {}
+        layers = list(o.nce_layers)
+        with frozen(discriminator):
+            with rt.autocast():
+                terms["gan"] = gan_loss([discriminator(fake)], True, self.loss.gan)
+                features_fake = sequential_features(generator.model, layers, fake)
+                if o.nce > 0:
+                    features_he = sequential_features(generator.model, layers, he)
+                    terms["nce"] = o.nce * self._nce(projection, features_fake, features_he, len(he), None)
+                if o.asp > 0:
+                    features_ihc = sequential_features(generator.model, layers, ihc)
+                    terms["asp"] = o.asp * self._nce(projection, features_fake, features_ihc, len(he), self.epoch(step))
+            if o.gaussian_pyramid > 0:
+                terms["gaussian_pyramid"] = o.gaussian_pyramid * gauss_pyramid_l1(fake.float(), ihc, list(o.gaussian_pyramid_weights))
+            total = sum(terms.values())
+            update("generator", total, terms, [generator, projection], [optimizers["generator"], optimizers["projection"]], rt)
+        out = {"discriminator/real": d_real.detach(), "discriminator/fake": d_fake.detach(), "discriminator/loss": d_total.detach()}
+        out |= {f"generator/{k}": v.detach() for k, v in terms.items()}
+        out["generator/loss"] = total.detach()
+        return out

@@ -1,0 +1,95 @@
+"""CycleGAN (Zhu et al., ICCV 2017) as a TDKstain-framework method.
+
+Networks (junyanz/pytorch-CycleGAN-and-pix2pix ``cycle_gan_model.py``
+defaults: resnet_9blocks, ngf 64, instance norm, no dropout; 70x70 PatchGAN,
+ndf 64; LSGAN; lambda_A = lambda_B = 10; lambda_identity 0.5; pool 50):
+``generator`` G: H&E -> IHC, ``generator_ihc_to_he`` F: IHC -> H&E,
+``discriminator`` D_ihc on IHC images, ``discriminator_he`` D_he on H&E
+images (unconditional: the method never uses the pairing).
+
+Per iteration, as the reference (G first, then D):
+
+1. G and F (D's frozen), one loss:
+   ``GAN(D_ihc(G(x)), 1) + GAN(D_he(F(y)), 1)
+   + w_c * (L1(F(G(x)), x) + L1(G(F(y)), y))
+   + w_c * w_i * (L1(G(y), y) + L1(F(x), x))``
+2. D_ihc: ``0.5 * (GAN(D_ihc(y), 1) + GAN(D_ihc(pool_ihc(G(x))), 0))``,
+   D_he likewise with ``pool_he(F(y))``.
+
+The image pools (``baseline.pool_size``, crop-sized) live inside the
+discriminators (``image_pool`` buffers), so checkpoints carry them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tdkstain.methods.base import BaselineObjective, update
+from tdkstain.methods.blocks import ImagePool, PatchDiscriminator
+from tdkstain.networks import ResnetGenerator
+from tdkstain.objective import Batch, Nets, Optimizers, Runtime, Terms, frozen, gan_loss
+
+__all__ = ["CycleGANObjective", "cycle_terms"]
+
+
+def cycle_terms(x: torch.Tensor, y: torch.Tensor, reconstructed_x: torch.Tensor, reconstructed_y: torch.Tensor,
+                identity_x: torch.Tensor, identity_y: torch.Tensor, cycle: float, identity: float) -> dict[str, torch.Tensor]:
+    """CycleGAN's reconstruction terms: ``cycle * L1(F(G(x)), x)``, ``cycle * L1(G(F(y)), y)``,
+    ``cycle * identity * L1(G(y), y)`` and ``cycle * identity * L1(F(x), x)`` (mean absolute error)."""
+    terms = {
+        "cycle_he": cycle * F.l1_loss(reconstructed_x.float(), x),
+        "cycle_ihc": cycle * F.l1_loss(reconstructed_y.float(), y),
+    }
+    if identity > 0:
+        terms["identity_ihc"] = cycle * identity * F.l1_loss(identity_y.float(), y)
+        terms["identity_he"] = cycle * identity * F.l1_loss(identity_x.float(), x)
+    return terms
+
+
+class CycleGANObjective(BaselineObjective):
+    """CycleGAN: two ResNet generators, two PatchGANs with image pools, LSGAN, cycle and identity L1."""
+
+    def networks(self) -> Nets:
+        m, o = self.cfg.model, self.options
+        nets: Nets = {
+            "generator": ResnetGenerator(3, 3, m.ngf, m.n_downsampling, m.n_blocks),
+            "generator_ihc_to_he": ResnetGenerator(3, 3, m.ngf, m.n_downsampling, m.n_blocks),
+            "discriminator": PatchDiscriminator(3, m.ndf, m.n_layers_d, o.norm, o.spectral_norm),
+            "discriminator_he": PatchDiscriminator(3, m.ndf, m.n_layers_d, o.norm, o.spectral_norm),
+        }
+        for name in ("discriminator", "discriminator_he"):
+            nets[name].add_module("image_pool", ImagePool(o.pool_size, 3, self.cfg.data.crop))
+        return nets
+
+    def train_step(self, step: int, nets: Nets, optimizers: Optimizers, batch: Batch, rt: Runtime) -> Terms:
+        g, f = nets["generator"], nets["generator_ihc_to_he"]
+        d_ihc, d_he = nets["discriminator"], nets["discriminator_he"]
+        x, y = batch["he"], batch["ihc"]
+        o = self.options
+        terms: Terms = {}
+        with frozen(d_ihc, d_he):
+            with rt.autocast():
+                fake_ihc = g(x)
+                reconstructed_x = f(fake_ihc)
+                fake_he = f(y)
+                reconstructed_y = g(fake_he)
+                identity_y = g(y) if o.identity > 0 else None
+                identity_x = f(x) if o.identity > 0 else None
+                terms["gan_ihc"] = gan_loss([d_ihc.model(fake_ihc)], True, self.loss.gan)
+                terms["gan_he"] = gan_loss([d_he.model(fake_he)], True, self.loss.gan)
+            terms |= cycle_terms(x, y, reconstructed_x, reconstructed_y, identity_x, identity_y, o.cycle, o.identity)
+            total = sum(terms.values())
+            update("generator", total, terms, [g, f], [optimizers["generator"], optimizers["generator_ihc_to_he"]], rt)
+        out = {f"generator/{k}": v.detach() for k, v in terms.items()}
+        out["generator/loss"] = total.detach()
+
+        for name, d, real, fake in (("discriminator", d_ihc, y, fake_ihc), ("discriminator_he", d_he, x, fake_he)):
+            pooled = d.image_pool.query(fake.detach())
+            with rt.autocast():
+                real_term = gan_loss([d.model(real)], True, self.loss.gan)
+                fake_term = gan_loss([d.model(pooled)], False, self.loss.gan)
+            d_total = 0.5 * (real_term + fake_term)
+            update(name, d_total, {"real": real_term, "fake": fake_term}, [d], [optimizers[name]], rt)
+            out |= {f"{name}/real": real_term.detach(), f"{name}/fake": fake_term.detach(), f"{name}/loss": d_total.detach()}
+        return out
