@@ -28,24 +28,32 @@ _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
-def write_error(final: Path, err: OSError) -> TdkstainError | None:
-    """A user-facing error for a failed write of ``final``, or None when ``err`` is not a known cause."""
+def write_error(final: Path, err: OSError, *, atomic: bool = True) -> TdkstainError | None:
+    """A user-facing error for a failed write of ``final``, or None when ``err`` is not a known cause.
+
+    ``atomic``: the write went through :func:`atomic_path` (so the message can
+    promise that nothing half-written lies under ``final``).
+    """
     if err.errno in _DISK_FULL:
+        kept = (" Nothing was written under this name; an earlier version of the file, if any, is unchanged."
+                if atomic else "")
         return TdkstainError(
             f"{final}: disk full while writing it ({err.strerror}); free space on the disk holding "
-            f"{final.parent} (or choose another output folder) and rerun the same command. "
-            "Nothing was written under this name; an earlier version of the file, if any, is unchanged."
+            f"{final.parent} (or choose another output folder) and rerun the same command.{kept}"
         )
     if err.errno in _NOT_WRITABLE:
         return TdkstainError(
             f"{final}: cannot write to the folder {final.parent} (not writable: {err.strerror}); "
             "choose another output folder or fix its permissions."
         )
-    if err.errno in (errno.ENOTDIR, errno.EEXIST) and not final.parent.is_dir():
-        return TdkstainError(
-            f"{final}: cannot create the folder {final.parent}: a file of that name (or above it) is in the "
-            "way; choose another output folder."
-        )
+    if err.errno in (errno.ENOTDIR, errno.EEXIST):
+        # mkdir met a plain file where a folder should be (``final`` itself when a folder was being made).
+        blocker = next((p for p in (*reversed(final.parents), final) if p.exists() and not p.is_dir()), None)
+        if blocker is not None and (blocker != final or err.errno == errno.EEXIST):
+            return TdkstainError(
+                f"{final}: cannot create the output folder: {blocker} is a file, in the way; "
+                "move it or choose another output folder."
+            )
     return None
 
 

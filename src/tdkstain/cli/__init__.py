@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from tdkstain.atomic import write_error
 
-        friendly = write_error(Path(err.filename), err) if err.filename else None
+        friendly = write_error(Path(err.filename), err, atomic=False) if err.filename else None
         if friendly is None:
             raise
         print(f"tdkstain {args.command}: error: {friendly}", file=sys.stderr)
