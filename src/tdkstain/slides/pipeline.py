@@ -31,15 +31,22 @@ with another quality and only the TIFF is rewritten. The work folder is
 removed after success unless ``keep_work``. A lock file in it keeps a second
 run off the same output while the first is alive.
 
-Streaming and overlap. A reader thread reads (and resamples) the next
-chunks while the model runs, and a writer thread encodes stained tiles to
-PNG (``io_workers`` threads each), each side through a queue of
-``QUEUE_DEPTH * io_workers`` chunks. Memory is bounded by the tiles in flight
-(about ``(2 * QUEUE_DEPTH * io_workers + 1) * batch`` tiles), the
-model's activations, the per-tile statistics inside the pooling window
-(whole-slide pooling is a running sum), and at assembly a few decoded tiles
-plus a band of TIFF tiles per pyramid level (``tiff_tile x width x 3`` bytes):
-O(slide width), never O(slide area).
+Streaming and overlap. Reader threads read (and resample) the next chunks
+while the model runs, and writer threads encode stained tiles to PNG
+(``io_workers`` threads each), each side through a queue of
+``QUEUE_DEPTH * io_workers`` chunks. Assembly runs after the staining pass
+(it needs every tile of a band, and keeping it separate is what makes the
+result independent of interruptions): ``io_workers`` threads blend bands
+while tifffile encodes tiles on its own threads. Memory is bounded by the
+tiles in flight (about ``(2 * QUEUE_DEPTH * io_workers + 1) * batch``
+tiles), the model's activations, the per-tile statistics inside the pooling
+window (whole-slide pooling is a running sum), and at assembly
+``io_workers + 1`` level-0 bands plus one band per lower level
+(``tiff_tile x width x 3`` bytes each): O(slide width), never O(slide area).
+
+A slide in which no tissue is found gives a valid all-white TIFF and a
+warning that names ``--no-tissue-detection`` (an error would stop batch jobs
+over many slides for one empty scan).
 """
 
 from __future__ import annotations
@@ -571,7 +578,6 @@ def stain_slide(
 
         passes = 0 if stainer.norm == "tile" else stainer.stat_passes
         forward_passes = 0
-        reused = 0
         previous: _PooledStats | None = None
         for k in range(1, passes + 1):
             t0 = time.perf_counter()
@@ -594,7 +600,8 @@ def stain_slide(
 
         t0 = time.perf_counter()
         todo = [i for i, chunk in enumerate(plan.chunks) if not all(_tile_file(work, p).is_file() for p in chunk)]
-        reused = sum(len(c) for i, c in enumerate(plan.chunks) if i not in set(todo))
+        pending = set(todo)
+        reused = sum(len(c) for i, c in enumerate(plan.chunks) if i not in pending)
         if reused:
             log(f"resuming: {reused} stained tiles reused from {work}")
         pooled = previous

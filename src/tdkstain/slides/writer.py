@@ -21,7 +21,6 @@ written from its strips while building the next. Memory is a few bands
 from __future__ import annotations
 
 import inspect
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,6 +260,3 @@ def _checked_bands(bands: Iterable[np.ndarray], width: int, height: int, tile: i
         row += expected
         yield band
 
-
-def band_count(height: int, tile: int) -> int:
-    return math.ceil(height / tile)
