@@ -201,6 +201,8 @@ def test_score_images_takes_uint8(stand_ins):
     expected = metric(torch.from_numpy(real).permute(0, 3, 1, 2) / 255.0, torch.from_numpy(fake).permute(0, 3, 1, 2) / 255.0)
     assert scores.shape == (2,) and scores.dtype == np.float64
     np.testing.assert_allclose(scores, expected.numpy(), rtol=1e-6)
+    metric.max_pixels_per_batch = 64 * 64  # one pair per forward pass: same numbers
+    np.testing.assert_allclose(metric.score_images(real, fake), scores, rtol=1e-6)
     with pytest.raises(TdkstainError, match="shapes differ"):
         metric.score_images(real, fake[:, :32])
 

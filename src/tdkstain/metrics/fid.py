@@ -20,9 +20,10 @@ comparable with the literature when the features come from
   ``seed=2020`` reproduces torch-fidelity's default draw exactly.
 
 Memory: :class:`FeatureStats` keeps a running mean and covariance (float64,
-``D*D*8`` bytes = 32 MiB at D = 2048) and, for KID, every feature vector in
-float32 (``N*D*4`` bytes: 600 images -> 4.9 MB). Images themselves are never
-held beyond one batch.
+``D*D*8`` bytes = 32 MiB at D = 2048) and, for KID and the exact FID of small
+sets, every feature vector in float64 (``N*D*8`` bytes: 600 images -> 9.8 MB;
+``keep_features=False`` drops them). Images themselves are never held beyond
+one batch.
 """
 
 from __future__ import annotations

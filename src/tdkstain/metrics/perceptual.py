@@ -163,15 +163,29 @@ class _PerceptualMetric(nn.Module):
         label = "" if self.canonical else " NON-CANONICAL stand-in weights: numbers are not comparable with published ones;"
         return f"{self.name}:{label} {files}"
 
+    # Pixels per forward pass in score_images: 2 tiles of 1024 x 1024. VGG16's first block holds
+    # 64 float32 channels per pixel for both images (~1 GB per 1024^2 pair, plus temporaries).
+    max_pixels_per_batch = 2 * 1024 * 1024
+
     @torch.inference_mode()
     def score_images(self, real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Distances of ``fake`` to ``real``, uint8 images as in :func:`images_to_unit_tensor`: ``(N,)`` float64."""
-        x = images_to_unit_tensor(real)
-        y = images_to_unit_tensor(fake)
-        if x.shape != y.shape:
-            raise TdkstainError(f"{self.name}: image shapes differ: {tuple(x.shape)} vs {tuple(y.shape)}")
+        """Distances of ``fake`` to ``real``, uint8 images as in :func:`images_to_unit_tensor`: ``(N,)`` float64.
+
+        Runs in chunks of at most :attr:`max_pixels_per_batch` pixels, so a
+        batch of large tiles does not exhaust GPU (or host) memory.
+        """
+        x_all = images_to_unit_tensor(real)
+        y_all = images_to_unit_tensor(fake)
+        if x_all.shape != y_all.shape:
+            raise TdkstainError(f"{self.name}: image shapes differ: {tuple(x_all.shape)} vs {tuple(y_all.shape)}")
+        step = max(1, self.max_pixels_per_batch // (x_all.shape[2] * x_all.shape[3]))
+        out = []
         with exact_float32():
-            return self(x.to(self._device), y.to(self._device)).double().cpu().numpy()
+            for start in range(0, x_all.shape[0], step):
+                x = x_all[start : start + step].to(self._device)
+                y = y_all[start : start + step].to(self._device)
+                out.append(self(x, y).double().cpu().numpy())
+        return np.concatenate(out)
 
 
 def _check_pair(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -265,18 +279,27 @@ class DISTS(_PerceptualMetric):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         _check_pair("DISTS", x, y)
         c1 = c2 = 1e-6
+        batch = x.shape[0]
         weight_sum = self.alpha.sum() + self.beta.sum()
         alphas = torch.split(self.alpha.to(x.dtype) / weight_sum, self.CHANNELS)
         betas = torch.split(self.beta.to(x.dtype) / weight_sum, self.CHANNELS)
-        similarity = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        for fx, fy, alpha, beta in zip(self.features(x), self.features(y), alphas, betas):
+        similarity = torch.zeros(batch, dtype=x.dtype, device=x.device)
+        # Both images go through VGG as one batch; each level's statistics are taken before the
+        # next stage runs, so only one level of feature maps is alive at a time.
+        level = torch.cat([x, y])
+        h = (level - _constant(IMAGENET_MEAN, x)) / _constant(IMAGENET_STD, x)
+        for k in range(len(self.CHANNELS)):
+            if k > 0:
+                h = self.stages[k - 1](h)
+                level = h
+            fx, fy = level[:batch], level[batch:]
             mx, my = fx.mean(dim=(2, 3)), fy.mean(dim=(2, 3))
             vx = ((fx - mx[..., None, None]) ** 2).mean(dim=(2, 3))
             vy = ((fy - my[..., None, None]) ** 2).mean(dim=(2, 3))
             cxy = (fx * fy).mean(dim=(2, 3)) - mx * my
             texture = (2 * mx * my + c1) / (mx**2 + my**2 + c1)
             structure = (2 * cxy + c2) / (vx + vy + c2)
-            similarity = similarity + (texture * alpha).sum(dim=1) + (structure * beta).sum(dim=1)
+            similarity = similarity + (texture * alphas[k]).sum(dim=1) + (structure * betas[k]).sum(dim=1)
         return 1 - similarity
 
 
@@ -336,10 +359,13 @@ class LPIPS(_PerceptualMetric):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         _check_pair(self.name, x, y)
-        distance = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        for fx, fy, weight in zip(self.features(x), self.features(y), self.linear):
-            nx = fx / (fx.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
-            ny = fy / (fy.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
-            weighted = ((nx - ny) ** 2 * weight.to(x.dtype).view(1, -1, 1, 1)).sum(dim=1)
+        batch = x.shape[0]
+        distance = torch.zeros(batch, dtype=x.dtype, device=x.device)
+        # Both images through the backbone as one batch, one level alive at a time.
+        h = ((2 * torch.cat([x, y]) - 1) - _constant(LPIPS_SHIFT, x)) / _constant(LPIPS_SCALE, x)
+        for block, weight in zip(self.slices, self.linear):
+            h = block(h)
+            unit = h / (h.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10)
+            weighted = ((unit[:batch] - unit[batch:]) ** 2 * weight.to(x.dtype).view(1, -1, 1, 1)).sum(dim=1)
             distance = distance + weighted.mean(dim=(1, 2))
         return distance
