@@ -148,6 +148,21 @@ class TileGrid:
         """x coordinates where columns of tiles hand over."""
         return self._borders(self.col_starts, self.tile_width)
 
+    def core(self, position: TilePosition) -> tuple[float, float, float, float]:
+        """The part of the image this tile stands for: ``(top, bottom, left, right)`` in tile pixels.
+
+        Cores cut the image at the borders (middles of overlaps), so the cores
+        of all tiles partition the image: statistics gathered over cores and
+        pooled by pixel count count every pixel once (see
+        :meth:`tdkstain.inference.Stainer.sequential_stats`).
+        """
+        rows, cols = self.row_borders, self.col_borders
+        top = 0.0 if position.row == 0 else rows[position.row - 1] - position.y
+        bottom = float(position.height) if position.row == self.rows - 1 else rows[position.row] - position.y
+        left = 0.0 if position.col == 0 else cols[position.col - 1] - position.x
+        right = float(position.width) if position.col == self.cols - 1 else cols[position.col] - position.x
+        return (top, bottom, left, right)
+
     def _ramp_widths(self, borders: list[float], margin: int) -> list[float]:
         # overlap - 2 * margin, narrowed where two borders are closer than that (the moved-back last
         # tile) so that consecutive ramps never meet and the weights stay a partition of unity
