@@ -261,7 +261,8 @@ def test_slide_on_a_synthetic_multilevel_slide(synthetic_slide, tmp_path):
     assert result.tiles_total == 20 and 0 < result.tiles_background < 20
     assert result.tiles_tissue + result.tiles_background == 20
     assert any(f"{result.tiles_background} background tiles skipped" in m for m in messages)
-    assert result.forward_passes == 2 * result.tiles_tissue  # statistics pass + staining pass, tissue only
+    # global statistics over up to 16 tissue tiles, then one staining pass over tissue tiles only
+    assert result.forward_passes == min(16, result.tiles_tissue) + result.tiles_tissue
     for handle in open_both(out):
         assert handle.dimensions == (512, 384)
         assert handle.level_dimensions == ((512, 384), (256, 192), (128, 96))
@@ -278,9 +279,12 @@ def test_slide_on_a_synthetic_multilevel_slide(synthetic_slide, tmp_path):
 
 
 def test_global_norm_slide_equals_whole_image_staining(synthetic_slide, tmp_path):
-    """With every tile stained, slide assembly reproduces the engine's stain_image (its global statistics)."""
+    """With every tile stained, slide assembly reproduces the engine's stain_image (its global statistics).
+
+    The 256x192 image has 4 tiles, fewer than ``stat_tiles``: both gather the statistics over all of them.
+    """
     path, image, _ = synthetic_slide
-    stainer = Stainer(tiny_generator(1), device="cpu", tile=128, overlap=32, batch=3, norm="global")
+    stainer = Stainer(tiny_generator(1), device="cpu", tile=128, overlap=32, batch=3, norm="global", stat_tiles=16)
     out = tmp_path / "all.tif"
     stain_slide(stainer, path, out, model_mpp=1.0,
                 options=SlideOptions(tissue_detection=False, compression="deflate", tiff_tile=64), log=lambda m: None,

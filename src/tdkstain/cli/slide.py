@@ -12,8 +12,9 @@ tiffslide and QuPath open, plus OUT.thumbnail.png beside it.
 
 The slide is read (OpenSlide, else tiffslide) at the resolution the model was
 trained at (its model card's mpp, or --mpp), only tiles touching tissue are
-stained (the rest stays white), and instance-norm statistics are pooled across
-tiles (--norm global) so that tile borders do not show. Work is kept in
+stained (the rest stays white), and every tile is normalised with the same
+instance-norm statistics, those of the tissue as a whole (--norm global), so
+that tile borders do not show. Work is kept in
 OUT.tif.partial/: rerun the same command after an interruption and it continues
 where it stopped; the TIFF appears under its final name only when complete.
 
@@ -44,13 +45,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels (default 64)")
     engine.add_argument(
         "--norm", choices=("global", "kernel", "tile"), default="global",
-        help="instance-norm statistics: pooled over all tissue tiles (global, default), over each tile's "
-        "neighbours (kernel), or per tile (tile: naive, shows seams)",
+        help="instance-norm statistics: those of the whole tissue, gathered layer by layer over --stat-tiles "
+        "tiles spread over it (global, default), pooled over each tile's neighbours (kernel), or per tile "
+        "(tile: naive, shows seams)",
+    )
+    engine.add_argument(
+        "--stat-tiles", type=int, default=16,
+        help="tissue tiles the global statistics are gathered over; their activations are held together, "
+        "one layer at a time (default 16)",
     )
     engine.add_argument("--kernel-radius", type=int, default=1, help="neighbourhood half-width in tiles for --norm kernel (default 1)")
     engine.add_argument(
         "--stat-passes", type=int, default=1,
-        help="statistics passes before staining for global/kernel norm; each costs one forward pass per tile (default 1)",
+        help="statistics passes before staining for --norm kernel; each costs one forward pass per tissue tile (default 1)",
     )
     engine.add_argument("--batch", type=int, default=4, help="tiles per forward pass (default 4)")
     engine.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)")
@@ -102,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         norm=args.norm,
         kernel_radius=args.kernel_radius,
         stat_passes=args.stat_passes,
+        stat_tiles=args.stat_tiles,
     )
     model_mpp = card.get("mpp")
     if args.mpp is None and model_mpp is None:

@@ -8,9 +8,12 @@ The steps of :func:`stain_slide`:
    covered by the engine's :class:`tdkstain.inference.TileGrid`.
 2. Find tissue on a thumbnail (:mod:`tdkstain.slides.tissue`); only tiles that
    touch tissue are stained, the others stay white and are counted.
-3. Statistics passes (norm modes "global" and "kernel", see
-   :mod:`tdkstain.inference`): record every tissue tile's instance-norm
-   statistics, pool them (all tissue tiles, or each tile's neighbourhood).
+3. Instance-norm statistics consistent across tiles (see
+   :mod:`tdkstain.inference`). "global" (default): the engine's exact
+   layer-by-layer statistics (:meth:`Stainer.sequential_stats`) over the
+   cores of ``stat_tiles`` tissue tiles spread evenly over the slide, one set
+   for every tile. "kernel": a pass records every tissue tile's statistics,
+   and each tile pools its neighbourhood's (``stat_passes`` such passes).
 4. Staining pass: stain every tissue tile with its pooled statistics.
 5. Assembly: blend the stained tiles with the engine's weights into bands
    one TIFF tile tall and stream them into a pyramidal TIFF
@@ -18,7 +21,7 @@ The steps of :func:`stain_slide`:
    place; write a thumbnail PNG beside it.
 
 Resumable. The work folder ``OUT.partial/`` holds ``job.json`` (everything
-the stained pixels depend on), each statistics chunk (``stats/passK/*.npz``)
+the stained pixels depend on), the statistics (``stats/global.npz`` or ``stats/passK/*.npz``)
 and each stained tile (``tiles/ROW_COL.png``, lossless), every file written
 atomically. A rerun with the same job reuses them and computes only the rest;
 a rerun with a different job (other checkpoint, resolution, tiles, norm, ...)
@@ -39,9 +42,10 @@ while the model runs, and writer threads encode stained tiles to PNG
 result independent of interruptions): ``io_workers`` threads blend bands
 while tifffile encodes tiles on its own threads. Memory is bounded by the
 tiles in flight (about ``(2 * QUEUE_DEPTH * io_workers + 1) * batch``
-tiles), the model's activations, the per-tile statistics inside the pooling
-window (whole-slide pooling is a running sum), and at assembly
-``io_workers + 1`` level-0 bands plus one band per lower level
+tiles), the model's activations (in "global" mode, once, those of ``stat_tiles``
+tiles at one layer: about 1.1 GB for the release's generator with 16 tiles
+of 512 in fp32), the per-tile statistics inside the kernel window, and at
+assembly ``io_workers + 1`` level-0 bands plus one band per lower level
 (``tiff_tile x width x 3`` bytes each): O(slide width), never O(slide area).
 
 A slide in which no tissue is found gives a valid all-white TIFF and a
@@ -216,6 +220,7 @@ def _job(slide: Slide, stainer: Stainer, plan: _Plan, options: SlideOptions, che
         "norm": stainer.norm,
         "kernel_radius": stainer.kernel_radius,
         "stat_passes": stainer.stat_passes,
+        "stat_tiles": stainer.stat_tiles,
         "blend_margin": stainer.blend_margin,
         "precision": stainer.precision,
         "device": stainer.device.type,
@@ -277,7 +282,7 @@ def _remove_stale_temporaries(out: Path) -> None:
 
 
 def _save_stats(path: Path, stats: Sequence[NormStats]) -> None:
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, np.ndarray] = {"pixels": np.asarray([s.pixels for s in stats], dtype=np.float64)}
     for layer in range(stats[0].num_layers):
         arrays[f"mean{layer}"] = np.stack([s.mean[layer] for s in stats])
         arrays[f"var{layer}"] = np.stack([s.var[layer] for s in stats])
@@ -288,53 +293,42 @@ def _save_stats(path: Path, stats: Sequence[NormStats]) -> None:
 
 def _load_stats(path: Path) -> list[NormStats]:
     with np.load(path) as data:
-        layers = len(data.files) // 2
+        layers = sum(1 for name in data.files if name.startswith("mean"))
         means = [data[f"mean{layer}"] for layer in range(layers)]
         variances = [data[f"var{layer}"] for layer in range(layers)]
-    count = means[0].shape[0]
-    return [NormStats(tuple(m[i] for m in means), tuple(v[i] for v in variances)) for i in range(count)]
+        pixels = data["pixels"]
+    return [
+        NormStats(tuple(m[i] for m in means), tuple(v[i] for v in variances), float(pixels[i]))
+        for i in range(len(pixels))
+    ]
 
 
-class _PooledStats:
-    """The statistics each tile is stained with, from one pass's recorded chunks.
+class _SameStats:
+    """Global mode: one set of statistics for every tile."""
 
-    "global": one pool of every tissue tile, accumulated chunk by chunk
-    (mean of means and of ``var + mean**2``, the law of total variance that
-    :func:`tdkstain.inference.combine_stats` uses with equal weights).
-    "kernel": each tile pools the tissue tiles within ``radius`` grid steps
-    (as :func:`tdkstain.inference.neighbourhood_stats`); chunks are loaded
-    when first needed and dropped once every tile that can need them is past,
-    so only the rows inside the window are in memory.
+    def __init__(self, stats: NormStats) -> None:
+        self.stats = stats
+
+    def for_chunk(self, chunk: Sequence[TilePosition]) -> list[NormStats]:
+        return [self.stats] * len(chunk)
+
+
+class _NeighbourhoodStats:
+    """Kernel mode: each tile pools the recorded statistics of the tissue tiles within ``radius`` grid steps.
+
+    As :func:`tdkstain.inference.neighbourhood_stats` (tiles absent from the
+    slide's tissue do not contribute), but streaming: a pass's chunk files
+    are loaded when first needed and dropped once every tile that can need
+    them is past, so only the rows inside the window are in memory.
     """
 
-    def __init__(self, folder: Path, plan: _Plan, norm: str, radius: int) -> None:
-        self.folder, self.plan, self.norm, self.radius = folder, plan, norm, radius
+    def __init__(self, folder: Path, plan: _Plan, radius: int) -> None:
+        self.folder, self.plan, self.radius = folder, plan, radius
         self._chunk_of: dict[tuple[int, int], tuple[int, int]] = {}
         for k, chunk in enumerate(plan.chunks):
             for i, p in enumerate(chunk):
                 self._chunk_of[p.index] = (k, i)
         self._loaded: dict[int, list[NormStats]] = {}
-        self._global: NormStats | None = None
-        if norm == "global":
-            self._global = self._pool_all()
-
-    def _pool_all(self) -> NormStats:
-        count = 0
-        sum_mean: list[np.ndarray] | None = None
-        sum_second: list[np.ndarray] | None = None
-        for k in range(len(self.plan.chunks)):
-            for s in _load_stats(self.folder / f"{k:06d}.npz"):
-                if sum_mean is None:
-                    sum_mean = [np.zeros_like(m) for m in s.mean]
-                    sum_second = [np.zeros_like(m) for m in s.mean]
-                for layer, (m, v) in enumerate(zip(s.mean, s.var)):
-                    sum_mean[layer] += m
-                    sum_second[layer] += v + m * m
-                count += 1
-        assert sum_mean is not None and sum_second is not None
-        means = tuple(m / count for m in sum_mean)
-        variances = tuple(np.maximum(q / count - m * m, 0.0) for q, m in zip(sum_second, means))
-        return NormStats(means, variances)
 
     def _stats_of(self, index: tuple[int, int]) -> NormStats:
         k, i = self._chunk_of[index]
@@ -343,8 +337,6 @@ class _PooledStats:
         return self._loaded[k][i]
 
     def for_chunk(self, chunk: Sequence[TilePosition]) -> list[NormStats]:
-        if self._global is not None:
-            return [self._global] * len(chunk)
         out = []
         for p in chunk:
             members = [
@@ -359,6 +351,15 @@ class _PooledStats:
         for k in [k for k in self._loaded if self.plan.chunks[k][-1].row < first_needed_row]:
             del self._loaded[k]
         return out
+
+
+def spread(count: int, limit: int) -> list[int]:
+    """At most ``limit`` indices of ``range(count)``, evenly spaced from first to last (all when they fit)."""
+    if count <= limit:
+        return list(range(count))
+    if limit == 1:
+        return [count // 2]
+    return sorted({int(round(i * (count - 1) / (limit - 1))) for i in range(limit)})
 
 
 # --------------------------------------------------------------------------- passes with overlapped I/O
@@ -576,27 +577,42 @@ def stain_slide(
                 "hold tissue (faint or unusual stain), rerun with --no-tissue-detection"
             )
 
-        passes = 0 if stainer.norm == "tile" else stainer.stat_passes
         forward_passes = 0
-        previous: _PooledStats | None = None
-        for k in range(1, passes + 1):
+        pooled: _SameStats | _NeighbourhoodStats | None = None
+        if stainer.norm == "global" and plan.tissue:
+            # The engine's global mode: exact whole-image statistics, layer by layer, over the cores of
+            # up to stat_tiles tiles spread evenly over the tissue (Stainer.sequential_stats).
             t0 = time.perf_counter()
-            folder = work / "stats" / f"pass{k}"
-            folder.mkdir(parents=True, exist_ok=True)
-            todo = [i for i in range(len(plan.chunks)) if not (folder / f"{i:06d}.npz").is_file()]
-            applied = previous
-            with _progress_bar(sum(len(plan.chunks[i]) for i in todo), f"statistics {k}/{passes}", progress) as bar:
-                _run_chunks(
-                    plan,
-                    todo,
-                    lambda i, tiles: stainer.tile_stats(tiles, None if applied is None else applied.for_chunk(plan.chunks[i])),
-                    lambda i, stats: _save_stats(folder / f"{i:06d}.npz", stats),
-                    bar.update,
-                    options.io_workers,
-                )
-            forward_passes += sum(len(plan.chunks[i]) for i in todo)
-            previous = _PooledStats(folder, plan, stainer.norm, stainer.kernel_radius) if plan.tissue else None
-            timings[f"statistics pass {k}"] = time.perf_counter() - t0
+            stats_file = work / "stats" / "global.npz"
+            if not stats_file.is_file():
+                chosen = [plan.tissue[i] for i in spread(len(plan.tissue), stainer.stat_tiles)]
+                log(f"global statistics from {len(chosen)} tissue tiles spread over the slide")
+                stats = stainer.sequential_stats(_read_tiles(plan, chosen), [plan.grid.core(p) for p in chosen])
+                stats_file.parent.mkdir(parents=True, exist_ok=True)
+                _save_stats(stats_file, [stats])
+                forward_passes += len(chosen)
+            pooled = _SameStats(_load_stats(stats_file)[0])
+            timings["statistics"] = time.perf_counter() - t0
+        elif stainer.norm == "kernel" and plan.tissue:
+            applied: _NeighbourhoodStats | None = None
+            for k in range(1, stainer.stat_passes + 1):
+                t0 = time.perf_counter()
+                folder = work / "stats" / f"pass{k}"
+                folder.mkdir(parents=True, exist_ok=True)
+                todo = [i for i in range(len(plan.chunks)) if not (folder / f"{i:06d}.npz").is_file()]
+                with _progress_bar(sum(len(plan.chunks[i]) for i in todo), f"statistics {k}/{stainer.stat_passes}", progress) as bar:
+                    _run_chunks(
+                        plan,
+                        todo,
+                        lambda i, tiles: stainer.tile_stats(tiles, None if applied is None else applied.for_chunk(plan.chunks[i])),
+                        lambda i, stats: _save_stats(folder / f"{i:06d}.npz", stats),
+                        bar.update,
+                        options.io_workers,
+                    )
+                forward_passes += sum(len(plan.chunks[i]) for i in todo)
+                applied = _NeighbourhoodStats(folder, plan, stainer.kernel_radius)
+                timings[f"statistics pass {k}"] = time.perf_counter() - t0
+            pooled = applied
 
         t0 = time.perf_counter()
         todo = [i for i, chunk in enumerate(plan.chunks) if not all(_tile_file(work, p).is_file() for p in chunk)]
@@ -604,7 +620,6 @@ def stain_slide(
         reused = sum(len(c) for i, c in enumerate(plan.chunks) if i not in pending)
         if reused:
             log(f"resuming: {reused} stained tiles reused from {work}")
-        pooled = previous
         with _progress_bar(sum(len(plan.chunks[i]) for i in todo), "staining", progress) as bar:
             _run_chunks(
                 plan,
