@@ -358,6 +358,12 @@ def _load_tiff(path: Path, max_pixels: int, notes: list[str]) -> np.ndarray | No
         raise
     except Exception:  # noqa: BLE001 - e.g. a codec that needs imagecodecs; Pillow may still decode it
         return None
+    if array.ndim != len(axes) or array.size == 0 or "Y" not in axes or "X" not in axes:
+        # Damaged tags (found by fuzzing): the decoded data do not have the shape the tags describe.
+        raise TdkstainError(
+            f"{path}: the TIFF is corrupt (decoded shape {array.shape} does not match its tags, axes {axes!r}); "
+            "copy the file again or remove it."
+        )
     # Bring the samples axis last, whatever the planar configuration, and drop
     # length-1 axes other than rows, columns and samples.
     if "S" in axes:
