@@ -336,3 +336,19 @@ def test_valid_seeds_of_the_mutations_decode():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 assert read_rgb(path).shape == (12, 10, 3), name
+
+
+def test_atheris_target_seeds_decode(tmp_path):
+    """``fuzz/fuzz_loader.py`` (run by hand with atheris, see docs/RELIABILITY.md) starts from valid seeds."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fuzz_loader", SRC.parents[1] / "fuzz" / "fuzz_loader.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.make_seeds(tmp_path)
+    seeds = sorted(tmp_path.iterdir())
+    assert len(seeds) >= 10
+    for seed in seeds:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert read_rgb(seed).shape == (16, 12, 3), seed.name
