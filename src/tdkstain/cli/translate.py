@@ -38,9 +38,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--norm",
         choices=("global", "kernel", "tile"),
         default="global",
-        help="instance-norm statistics of tiled images: global = pooled over the whole image (closest to "
-        "staining it in one piece), kernel = pooled over neighbouring tiles (--kernel-radius), "
-        "tile = each tile its own (naive, shows seams) (default: global)",
+        help="instance-norm statistics of tiled images: global = the whole image's, gathered layer by layer "
+        "(matches staining it in one piece), kernel = pooled over neighbouring tiles (--kernel-radius), "
+        "tile = each tile its own (naive: level jumps between tiles) (default: global)",
+    )
+    parser.add_argument(
+        "--stat-tiles",
+        type=int,
+        default=16,
+        help="--norm global gathers its statistics over at most this many tiles, spread over the image; "
+        "their activations are held in memory together (default: 16)",
     )
     parser.add_argument("--kernel-radius", type=int, default=1, help="neighbourhood half-width in tiles for --norm kernel (default: 1)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
@@ -116,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         batch=args.batch,
         norm=args.norm,
         kernel_radius=args.kernel_radius,
+        stat_tiles=args.stat_tiles,
     )
     kwargs = card.get("kwargs", {})
     print(
