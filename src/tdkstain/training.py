@@ -361,6 +361,11 @@ class RunSetup:
             collate_fn=collate,
             pin_memory=self.runtime.device.type == "cuda",
             prefetch_factor=2 if workers else None,
+            # Its own generator: creating the iterator draws a base seed, which must not come from the
+            # global stream (a resumed run creates it after restoring that stream, an uninterrupted one
+            # before step 0; methods that draw random numbers per step would then diverge). The data
+            # themselves are a pure function of (seed, epoch, index), see data.py.
+            generator=torch.Generator().manual_seed(self.cfg.train.seed),
         )
 
     def validate(self, generator: nn.Module, val_files, state: TrainState, log: "Logger") -> dict[str, float] | None:

@@ -36,14 +36,14 @@ __all__ = ["CycleGANObjective", "cycle_terms"]
 def cycle_terms(x: torch.Tensor, y: torch.Tensor, reconstructed_x: torch.Tensor, reconstructed_y: torch.Tensor,
                 identity_x: torch.Tensor, identity_y: torch.Tensor, cycle: float, identity: float) -> dict[str, torch.Tensor]:
     """CycleGAN's reconstruction terms: ``cycle * L1(F(G(x)), x)``, ``cycle * L1(G(F(y)), y)``,
-    ``cycle * identity * L1(G(y), y)`` and ``cycle * identity * L1(F(x), x)`` (mean absolute error)."""
+    ``cycle * identity * L1(G(y), y)`` and ``cycle * identity * L1(F(x), x)`` (mean absolute error; generated images are cast to the real images' dtype, fp32 under autocast)."""
     terms = {
-        "cycle_he": cycle * F.l1_loss(reconstructed_x.float(), x),
-        "cycle_ihc": cycle * F.l1_loss(reconstructed_y.float(), y),
+        "cycle_he": cycle * F.l1_loss(reconstructed_x.to(x.dtype), x),
+        "cycle_ihc": cycle * F.l1_loss(reconstructed_y.to(y.dtype), y),
     }
     if identity > 0:
-        terms["identity_ihc"] = cycle * identity * F.l1_loss(identity_y.float(), y)
-        terms["identity_he"] = cycle * identity * F.l1_loss(identity_x.float(), x)
+        terms["identity_ihc"] = cycle * identity * F.l1_loss(identity_y.to(y.dtype), y)
+        terms["identity_he"] = cycle * identity * F.l1_loss(identity_x.to(x.dtype), x)
     return terms
 
 
