@@ -295,3 +295,30 @@ def test_perceptual_metrics_are_batched_mapped_to_their_tiles_and_flagged_non_ca
     noisy = result["methods"]["noisy"]
     assert noisy["dists"]["mean"] == pytest.approx(np.mean(list(expected.values())), abs=1e-12)
     assert noisy["dists"]["canonical"] is False and result["definitions"]["dists"]["canonical"] is False
+
+
+def test_analyses_use_the_datasets_extraction_settings_and_labels_csv(tmp_path):
+    """extraction.json beside the real tiles (release layout ROOT/test_IHC) sets the training mask; --labels groups."""
+    from tdkstain.evaluation import EvaluationOptions, evaluate
+    from tdkstain.knowledge import ExtractionParams, MembraneParams
+
+    real, fake = tmp_path / "data" / "test_IHC", tmp_path / "fake"
+    for i in range(2):
+        ihc = render_pair(40 + i, 64, her2=3).ihc
+        write_png(real / f"t{i}.png", ihc)
+        write_png(fake / f"t{i}.png", remove_dab(ihc))
+    (tmp_path / "labels.csv").write_text("stem,label\nt0,3+\nt1,2+\n")
+    options = EvaluationOptions(fid=False, perceptual=False, grid_tiles=0)
+    # A DAB margin no tile reaches (densities are < 1 rgb2hed unit): both training masks are empty, MAE 0.
+    params = ExtractionParams(membrane=MembraneParams(mode="adaptive", threshold=10.0))
+    (tmp_path / "data" / "extraction.json").write_text(json.dumps({"params": params.to_dict()}))
+    result = evaluate(real, {"m": fake}, tmp_path / "out", labels_csv=tmp_path / "labels.csv", options=options, log=lambda m: None)
+    assert result["extraction_params_source"] == str(tmp_path / "data" / "extraction.json")
+    assert result["extraction_params"]["membrane"]["threshold"] == 10.0
+    knowledge = result["methods"]["m"]["knowledge"]["membrane"]
+    assert knowledge["training_mask_mae"] == 0.0 < knowledge["mean_mask_mae"]
+    assert knowledge["tiles_per_group"] == {"all": 2, "2+": 1, "3+": 1}
+    # A broken extraction.json is an error naming it.
+    (tmp_path / "data" / "extraction.json").write_text(json.dumps({"params": {"membrane": {"colour": 1}}}))
+    with pytest.raises(TdkstainError, match="extraction.json"):
+        evaluate(real, {"m": fake}, tmp_path / "out2", options=options, log=lambda m: None)

@@ -284,8 +284,14 @@ def evaluate(
         out_dir: report folder (created); holds metrics.json, per_image.csv, plots/, grids/, index.html.
         he_dir: optional H&E tiles, shown in the grids.
         labels_csv: optional ``stem,label`` CSV; default: BCI-style labels in the file names.
+        options: metric networks, device, worker processes, grid size, extraction settings.
+        log: receives progress lines (default: stderr).
     Returns:
         The content of ``metrics.json``.
+
+    With ``options.workers > 1`` worker processes are started (forkserver or
+    spawn); a script calling this must guard its top level with
+    ``if __name__ == "__main__":``, as for any Python multiprocessing.
     """
     options = options or EvaluationOptions()
     log = log or (lambda message: print(message, file=sys.stderr))
@@ -383,10 +389,17 @@ def evaluate(
 
 
 def _progress(total: int, enabled: bool, unit: str) -> Callable[[int], None]:
+    """A tqdm bar on stderr (only on a terminal); returns ``advance(n)``, which closes the bar at ``total``."""
     from tqdm import tqdm
 
     bar = tqdm(total=total, unit=unit, disable=not (enabled and sys.stderr.isatty()), file=sys.stderr)
-    return lambda n: (bar.update(n), bar.close() if bar.n >= total else None)
+
+    def advance(n: int) -> None:
+        bar.update(n)
+        if bar.n >= total:
+            bar.close()
+
+    return advance
 
 
 def _deep_batch(
