@@ -265,3 +265,46 @@ def test_pix2pix_refuses_a_crop_the_unet_cannot_take():
     cfg = load_config("pix2pix", ["data.crop=128"])
     with pytest.raises(TdkstainError, match="n_downsampling=7"):
         create_objective(cfg, 1)
+
+
+def test_pix2pixhd_warns_without_vgg19_and_uses_it_when_given(monkeypatch, tmp_path):
+    from tdkstain.errors import TdkstainError
+    from tdkstain.methods import pix2pixhd
+    from tdkstain.objective import Runtime
+
+    overrides = ["model.ngf=4", "model.ndf=4", "model.n_blocks=1", "model.n_downsampling=2", "data.crop=32"]
+    monkeypatch.setattr(pix2pixhd, "find_vgg19", lambda explicit: None)
+    with pytest.warns(UserWarning, match="WITHOUT the VGG perceptual loss"):
+        objective = create_objective(load_config("pix2pixhd", overrides), 1)
+    assert objective.vgg is None
+
+    # A file that is not torchvision's VGG19 is refused by its digest.
+    bogus = tmp_path / "vgg19-dcbb9e9d.pth"
+    torch.save(VGG19Features().state_dict(), bogus)
+    monkeypatch.undo()
+    with pytest.raises(TdkstainError, match="dcbb9e9d"):
+        create_objective(load_config("pix2pixhd", overrides + [f"baseline.vgg19_weights={tmp_path}"]), 1)
+
+    # With a VGG19 (random stand-in weights) the generator step has the VGG and feature-matching terms.
+    torch.manual_seed(0)
+    monkeypatch.setattr(pix2pixhd, "find_vgg19", lambda explicit: bogus)
+    monkeypatch.setattr(pix2pixhd, "load_vgg19", lambda path: VGG19Features())
+    objective = create_objective(load_config("pix2pixhd", overrides), 1)
+    nets = objective.build_networks(0)
+    optimizers = {k: torch.optim.Adam(v.parameters(), lr=2e-4, betas=(0.5, 0.999)) for k, v in nets.items()}
+    batch = {"he": torch.rand(1, 3, 32, 32) * 2 - 1, "ihc": torch.rand(1, 3, 32, 32) * 2 - 1}
+    terms = objective.train_step(0, nets, optimizers, batch, Runtime())
+    assert {"generator/vgg", "generator/feature_matching", "generator/gan", "discriminator/loss"} <= set(terms)
+    assert all(torch.isfinite(v) for v in terms.values())
+
+
+def test_cyclegan_unpaired_pairs_each_he_with_another_tiles_ihc():
+    from tdkstain.methods.cyclegan import IhcHistory
+
+    history = IhcHistory(batch=2, channels=1, size=1)
+    first = torch.tensor([1.0, 2.0]).view(2, 1, 1, 1)
+    assert history.swap(first).flatten().tolist() == [2.0, 1.0]  # nothing stored yet: within the batch
+    second = torch.tensor([3.0, 4.0]).view(2, 1, 1, 1)
+    assert history.swap(second).flatten().tolist() == [1.0, 2.0]  # the previous batch
+    assert history.swap(torch.tensor([5.0]).view(1, 1, 1, 1)).flatten().tolist() == [3.0]  # a short last batch
+    assert set(history.state_dict()) == {"images", "count"}

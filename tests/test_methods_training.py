@@ -25,6 +25,7 @@ SHRINK = {
     "pyramidpix2pix": ["model.n_blocks=1"],
     "pix2pixhd": ["model.n_blocks=1", "model.n_downsampling=2"],
     "cyclegan": ["model.n_blocks=1", "baseline.pool_size=3"],
+    "cyclegan-unpaired": ["model.n_blocks=1", "baseline.pool_size=3", "baseline.unpaired=true"],
     "asp": ["baseline.nce_patches=16", "baseline.nce_dim=8", "model.n_layers_d=3"],
     "tdkstain-no-nuclei": ["model.n_blocks=1", "model.num_d=2"],
     "tdkstain-no-membrane": ["model.n_blocks=1", "model.num_d=2"],
@@ -51,9 +52,10 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _train(preset: str, data: Path, out: Path, steps: int) -> int:
+def _train(variant: str, data: Path, out: Path, steps: int) -> int:
+    preset = variant.removesuffix("-unpaired")
     return main(["train", "--config", preset, "--data", str(data), "--out", str(out), "--no-progress",
-                 *TINY, *SHRINK[preset], f"train.max_steps={steps}"])
+                 *TINY, *SHRINK[variant], f"train.max_steps={steps}"])
 
 
 @pytest.mark.parametrize("preset", sorted(SHRINK))

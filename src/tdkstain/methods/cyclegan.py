@@ -18,12 +18,19 @@ Per iteration, as the reference (G first, then D):
 
 The image pools (``baseline.pool_size``, crop-sized) live inside the
 discriminators (``image_pool`` buffers), so checkpoints carry them.
+
+``baseline.unpaired``: the method then never sees an aligned pair: each
+batch's H&E meets the IHC of the previous batch (other tiles, drawn at
+random by the sampler), kept in an ``ihc_history`` buffer of the IHC
+discriminator (the very first batch pairs each H&E with another sample of
+its own batch, when it has one).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from tdkstain.methods.base import BaselineObjective, update
 from tdkstain.methods.blocks import ImagePool, PatchDiscriminator
@@ -47,6 +54,23 @@ def cycle_terms(x: torch.Tensor, y: torch.Tensor, reconstructed_x: torch.Tensor,
     return terms
 
 
+class IhcHistory(nn.Module):
+    """The previous batch's IHC, in buffers (checkpointed): ``swap(ihc)`` returns it and stores ``ihc``."""
+
+    def __init__(self, batch: int, channels: int, size: int) -> None:
+        super().__init__()
+        self.register_buffer("images", torch.zeros(batch, channels, size, size))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def swap(self, ihc: torch.Tensor) -> torch.Tensor:
+        n = len(ihc)
+        partner = self.images[:n].clone() if int(self.count) >= n else ihc.roll(1, dims=0)
+        self.images[:n] = ihc
+        self.count.fill_(n)
+        return partner
+
+
 class CycleGANObjective(BaselineObjective):
     """CycleGAN: two ResNet generators, two PatchGANs with image pools, LSGAN, cycle and identity L1."""
 
@@ -60,6 +84,8 @@ class CycleGANObjective(BaselineObjective):
         }
         for name in ("discriminator", "discriminator_he"):
             nets[name].add_module("image_pool", ImagePool(o.pool_size, 3, self.cfg.data.crop))
+        if o.unpaired:
+            nets["discriminator"].add_module("ihc_history", IhcHistory(self.cfg.data.batch, 3, self.cfg.data.crop))
         return nets
 
     def train_step(self, step: int, nets: Nets, optimizers: Optimizers, batch: Batch, rt: Runtime) -> Terms:
@@ -67,6 +93,8 @@ class CycleGANObjective(BaselineObjective):
         d_ihc, d_he = nets["discriminator"], nets["discriminator_he"]
         x, y = batch["he"], batch["ihc"]
         o = self.options
+        if o.unpaired:
+            y = d_ihc.ihc_history.swap(y)
         terms: Terms = {}
         with frozen(d_ihc, d_he):
             with rt.autocast():
