@@ -110,6 +110,10 @@ def test_train_killed_at_a_random_moment_resumes_to_bitwise_identical_weights(tm
     # The checkpoints that exist are complete: each one loads.
     for path in checkpoint_files(run):
         assert load_checkpoint(path)["step"] == int(path.stem.split("_")[1])
+    # What a kill during a write leaves (whether or not this kill hit one): temporaries beside the outputs.
+    (run / "checkpoints" / ".tmp-step_00000099-x1y2z3.pt").write_bytes(b"half a checkpoint")
+    (run / "weights").mkdir(exist_ok=True)
+    (run / "weights" / ".tmp-generator-x1y2z3.safetensors").write_bytes(b"half the weights")
     # A torn last line in metrics.jsonl (a kill mid-append) must not stop the resume.
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"kind": "train", "st')
@@ -123,7 +127,7 @@ def test_train_killed_at_a_random_moment_resumes_to_bitwise_identical_weights(tm
         for key, value in net.state_dict().items():
             assert torch.equal(ours[key], value), f"{name}.{key} differs after kill -9 and resume"
     # No temporary checkpoint of the killed write is left, and the log has one record per step.
-    assert not list((run / "checkpoints").glob(".tmp-*"))
+    assert not list(run.rglob(".tmp-*"))
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, TRAIN_STEPS + 1))
 

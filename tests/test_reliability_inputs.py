@@ -86,6 +86,18 @@ def test_tile_smaller_than_the_crop_is_an_error_naming_the_tile_and_the_fix(data
     assert _files(dataset, 40)[0]["he"].shape == (3, 40, 40)  # equal to the crop is fine
 
 
+@pytest.mark.parametrize("height, width", [(1, 1), (3, 5), (13, 17), (40, 9)])
+def test_inference_on_images_smaller_than_the_tile_pads_and_crops_back(height, width):
+    from tdkstain.inference import Stainer
+    from tdkstain.networks import ResnetGenerator
+
+    torch.manual_seed(0)
+    stainer = Stainer(ResnetGenerator(ngf=4, n_blocks=1).eval(), device="cpu", tile=32, overlap=8)
+    he = np.random.default_rng(height).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    ihc = stainer.stain_image(he)
+    assert ihc.shape == (height, width, 3) and ihc.dtype == np.uint8
+
+
 # ----------------------------------------------------------------------------- corrupt files
 
 
@@ -106,8 +118,10 @@ def test_tiff_with_damaged_compressed_data_is_an_error(tmp_path):
     path = tmp_path / "damaged.tif"
     tifffile.imwrite(path, np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8),
                      photometric="rgb", compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[0].dataoffsets[0], tif.pages[0].databytecounts[0]
     data = bytearray(path.read_bytes())
-    for i in range(16, 200):  # scramble the start of the zlib stream (strips follow the 8-byte header)
+    for i in range(offset + 2, offset + count):  # the zlib stream of the first strip, after its 2-byte header
         data[i] ^= 0x5A
     path.write_bytes(bytes(data))
     with pytest.raises(TdkstainError, match=r"damaged\.tif"):

@@ -400,6 +400,9 @@ class RunSetup:
         if self.dist.is_main:
             save_checkpoint(self.run_dir, checkpoint_payload(self.cfg, state, nets, optimizers, rt), self.cfg.train.keep_last)
             self.save_generator(nets["generator"], "generator.safetensors", state)
+            # Temporaries of weights writes that a kill interrupted (this process is their only writer).
+            for stale in (self.run_dir / "weights").glob(".tmp-generator*.safetensors"):
+                stale.unlink(missing_ok=True)
         distributed.barrier()
 
 
