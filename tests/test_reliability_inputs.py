@@ -319,3 +319,46 @@ def test_image_conversions_are_warned_naming_the_file(tmp_path):
             assert ours == []  # lossless: silent
         else:
             assert len(ours) == 1 and name in ours[0] and note in ours[0], ours
+
+
+# ----------------------------------------------------------------------------- a full disk is not a bad tile
+
+
+def _fill_disk_on_png_saves(monkeypatch) -> None:
+    """Every PNG save writes a few bytes, then fails as a full disk does."""
+    from PIL import Image
+
+    def save(self, fp, format=None, **params):
+        with open(fp, "wb") as f:
+            f.write(b"\x89PNG\r\n\x1a\n")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(fp))
+
+    monkeypatch.setattr(Image.Image, "save", save)
+
+
+def test_full_disk_stops_extract_even_with_skip_bad(dataset, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root, ignore=shutil.ignore_patterns("*_IHC_*"))
+    _fill_disk_on_png_saves(monkeypatch)
+    code = main(["extract", str(root), "--skip-bad", "--quiet", "--no-report"])
+    captured = capsys.readouterr()
+    assert code == 2 and "disk full" in captured.err and ".png" in captured.err, captured.err
+    assert "skipped" not in captured.out + captured.err  # not mistaken for a bad tile
+    assert not [p for p in root.glob("*_IHC_*/*") if not p.name.startswith(".")]  # no half-written outputs
+    assert not list(root.rglob(".tmp-*"))
+
+
+def test_full_disk_stops_translate_even_with_skip_bad(tmp_path, capsys, monkeypatch):
+    from tdkstain.checkpoints import save_network
+    from tdkstain.networks import ResnetGenerator
+
+    weights = save_network(tmp_path / "g.safetensors", ResnetGenerator(ngf=4, n_blocks=1), tile_size=32)
+    write_png(tmp_path / "he" / "a.png", np.zeros((32, 32, 3), np.uint8))
+    _fill_disk_on_png_saves(monkeypatch)
+    code = main(["translate", "--checkpoint", str(weights), str(tmp_path / "he"), "--out", str(tmp_path / "out"),
+                 "--device", "cpu", "--skip-bad", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{tmp_path / 'out' / 'a.png'}: disk full" in err, err
+    assert not (tmp_path / "out" / "a.png").exists() and not list((tmp_path / "out").glob(".tmp-*"))
