@@ -34,8 +34,9 @@ def test_method_list_and_overrides():
         parse_method_list("pix2pix,pix2pix")
     per = split_overrides(["data.crop=64", "pix2pix:model.n_downsampling=6"], ["pix2pix", "asp"])
     assert per == {"pix2pix": ["data.crop=64", "model.n_downsampling=6"], "asp": ["data.crop=64"]}
+    assert split_overrides(["cyclegan:model.ngf=4"], ["pix2pix"]) == {"pix2pix": []}
     with pytest.raises(TdkstainError, match="not one of"):
-        split_overrides(["cyclegan:model.ngf=4"], ["pix2pix"])
+        split_overrides(["cyclegam:model.ngf=4"], ["pix2pix"])
 
 
 def test_translate_tile_pads_to_the_generator_multiple():
@@ -101,3 +102,11 @@ def test_benchmark_end_to_end_and_resumable(synth_data, tmp_path, capsys):
     # Another config under the same name is refused, not silently mixed.
     changed = [a if a != "model.ngf=4" else "model.ngf=6" for a in argv]
     assert main(changed) == 2
+
+    # A larger budget continues the finished training from its checkpoint (steps 2 -> 3), then re-translates.
+    more = list(argv)
+    more[more.index("--methods") + 1] = "pix2pix"
+    more[more.index("--steps") + 1] = "3"
+    assert main(more) == 0
+    assert [p.name for p in sorted((out / "runs" / "pix2pix" / "checkpoints").glob("*.pt"))][-1] == "step_00000003.pt"
+    assert json.loads((out / "generated" / "pix2pix" / ".done").read_text())["config"]["train"]["max_steps"] == 3

@@ -18,7 +18,8 @@ same tiles) and write the table and plots::
     OUT/comparison.png           H&E | real IHC | each method, for a few test tiles
 
 Rerunning the same command resumes: finished methods are skipped, an
-interrupted training resumes from its checkpoint.
+interrupted training resumes from its checkpoint, and a larger ``--steps``
+continues each training from where it stopped.
 """
 
 from __future__ import annotations
@@ -122,12 +123,15 @@ def parse_method_list(text: str) -> list[tuple[str, str]]:
 
 
 def split_overrides(overrides: list[str], names: list[str]) -> dict[str, list[str]]:
-    """``KEY=VALUE`` applies to every method, ``METHOD:KEY=VALUE`` to one."""
+    """``KEY=VALUE`` applies to every method, ``METHOD:KEY=VALUE`` to one (ignored when that known
+    method is not benchmarked, so one override list serves every run; an unknown name is an error)."""
     per: dict[str, list[str]] = {n: [] for n in names}
     for text in overrides:
         key = text.partition("=")[0]
         if ":" in key:
             method, _, rest = text.partition(":")
+            if method not in per and method in METHOD_PRESETS:
+                continue  # for a known method that this run does not benchmark
             if method not in per:
                 raise TdkstainError(f"override {text!r}: {method!r} is not one of the benchmarked methods ({', '.join(names)})")
             per[method].append(rest)
@@ -220,7 +224,7 @@ def _test_pairs(root: Path, split: str):
     return pairs
 
 
-def _common_folder(paths: list[Path], what: str, fallback: Path) -> Path:
+def _common_folder(paths: list[Path], fallback: Path) -> Path:
     parents = {p.parent.resolve() for p in paths}
     if len(parents) == 1:
         folder = parents.pop()
@@ -253,7 +257,12 @@ def _is_done(method: BenchmarkMethod, tiles: int) -> bool:
         record = json.loads(marker.read_text())
     except (OSError, json.JSONDecodeError):
         return False
+    def without_budget(config: dict) -> dict:
+        return {**config, "train": {k: v for k, v in config.get("train", {}).items() if k != "max_steps"}}
+
     if record.get("config") != method.cfg.to_dict():
+        if without_budget(record.get("config", {})) == without_budget(method.cfg.to_dict()):
+            return False  # only --steps changed: training resumes from its checkpoint up to the new budget
         raise TdkstainError(
             f"{method.generated_dir}: method {method.name} was finished with another config; "
             f"delete {method.run_dir} and {method.generated_dir} to retrain it, or use another --out"
@@ -308,8 +317,8 @@ def run_benchmark(data: str | os.PathLike, methods: str | list[tuple[str, str]],
         translate_tiles(weights, he_files, method.generated_dir, names=[p.stem for p in pairs], device=translate_device)
         write_text_atomic(method.generated_dir / DONE_FILE, json.dumps(_done_record(method, len(pairs))) + "\n")
 
-    real_dir = _common_folder([p.ihc for p in pairs], "real IHC", out / "reference" / "ihc")
-    he_dir = _common_folder([p.he for p in pairs], "H&E", out / "reference" / "he")
+    real_dir = _common_folder([p.ihc for p in pairs], out / "reference" / "ihc")
+    he_dir = _common_folder([p.he for p in pairs], out / "reference" / "he")
     options = evaluation or EvaluationOptions()
     if options.extraction is None and (root / "extraction.json").is_file():
         options.extraction = str(root)
