@@ -8,7 +8,6 @@ The GAN loss itself (LSGAN / vanilla, summed over discriminator scales) is
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +22,7 @@ __all__ = [
     "vgg_perceptual",
     "patch_nce",
     "asp_weights",
+    "positive_logits",
     "PIX2PIXHD_VGG_WEIGHTS",
 ]
 
