@@ -75,13 +75,15 @@ def _kill_when(args: list[str | os.PathLike], ready, seed: int, max_delay: float
 
 
 def _files(folder: Path, pattern: str = "**/*") -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.glob(pattern)) if p.is_file()}
+    """Outputs under their final names (temporaries ``.tmp-*`` left out)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.glob(pattern))
+            if p.is_file() and not p.name.startswith(".")}
 
 
 # ----------------------------------------------------------------------------- training
 
 
-TRAIN_STEPS = 16
+TRAIN_STEPS = 24
 TRAIN_OVERRIDES = [
     *[o for o in TINY if not o.startswith(("train.checkpoint_every", "train.val_every", "train.log_every"))],
     "train.threads=1", "train.deterministic=true", "data.val_pairs=0", "train.checkpoint_every=2",
@@ -100,8 +102,15 @@ def test_train_killed_at_a_random_moment_resumes_to_bitwise_identical_weights(tm
 
     run = tmp_path / "run"
     command = ["train", "--config", "demo-cpu", "--data", data, "--out", run, "--no-progress", *TRAIN_OVERRIDES]
-    first = run / "checkpoints" / "step_00000002.pt"
-    code = _kill_when(command, first.is_file, seed=9, max_delay=1.0)
+    # A random moment counted in steps (so that a faster machine still kills mid-run), after the first
+    # checkpoint, plus a random fraction of a step (which may land inside a checkpoint write).
+    kill_after = random.Random(9).randint(3, TRAIN_STEPS // 2)
+
+    def ready() -> bool:
+        log = run / "metrics.jsonl"
+        return bool(checkpoint_files(run)) and log.is_file() and log.read_text().count("\n") >= kill_after
+
+    code = _kill_when(command, ready, seed=9, max_delay=0.01)
     killed_at = [int(p.stem.split("_")[1]) for p in checkpoint_files(run)]
     if code == 0:
         pytest.skip("training finished before the kill (machine too fast for this run)")
@@ -158,10 +167,12 @@ def test_extract_killed_at_a_random_moment_resumes_to_identical_outputs(tmp_path
     done = _tdkstain("extract", reference, "--quiet", "--no-report")
     assert done.returncode == 0, done.stderr
 
-    def some_output() -> bool:
-        return any(killed.glob("*_IHC_nuclei/*.csv"))
+    kill_after = random.Random(2).randint(1, 6)  # of 10 tiles
 
-    code = _kill_when(["extract", killed, "--quiet", "--no-report"], some_output, seed=2, max_delay=0.5)
+    def some_output() -> bool:
+        return len(list(killed.glob("*_IHC_nuclei/*.csv"))) >= kill_after
+
+    code = _kill_when(["extract", killed, "--quiet", "--no-report"], some_output, seed=2, max_delay=0.05)
     if code == 0:
         pytest.skip("extraction finished before the kill")
     assert code == -signal.SIGKILL
@@ -210,8 +221,9 @@ def test_translate_killed_at_a_random_moment_resumes_to_identical_outputs(tmp_pa
     reference = _tdkstain("translate", he_folder, "--out", tmp_path / "reference", *common)
     assert reference.returncode == 0, reference.stderr
     out = tmp_path / "killed"
-    code = _kill_when(["translate", he_folder, "--out", out, *common], lambda: any(out.glob("*.png")),
-                      seed=5, max_delay=0.2)
+    kill_after = random.Random(5).randint(1, N_TRANSLATE // 2)
+    code = _kill_when(["translate", he_folder, "--out", out, *common],
+                      lambda: len(list(out.glob("*.png"))) >= kill_after, seed=5, max_delay=0.05)
     if code == 0:
         pytest.skip("translate finished before the kill")
     assert code == -signal.SIGKILL
@@ -226,6 +238,7 @@ def test_translate_killed_at_a_random_moment_resumes_to_identical_outputs(tmp_pa
     assert rerun.returncode == 0, rerun.stderr
     assert f"skipped {len(written)} existing" in rerun.stdout
     assert _files(out, "*.png") == expected
+    assert not list(out.glob(".tmp-*"))  # a write cut by the kill leaves nothing behind after the rerun
 
 
 # ----------------------------------------------------------------------------- non-finite losses

@@ -110,6 +110,12 @@ def run(args: argparse.Namespace) -> int:
     out_dir: Path = args.out
     todo = [(src, out_dir / rel) for src, rel in jobs if args.force or not (out_dir / rel).exists()]
     skipped_existing = len(jobs) - len(todo)
+    # A run killed mid-write left temporaries (.tmp-STEM-*.png) beside the outputs it is about to redo.
+    import glob
+
+    for _, dst in todo:
+        for stale in dst.parent.glob(f".tmp-{glob.escape(dst.stem)}-*.png"):
+            stale.unlink(missing_ok=True)
     if not todo:
         print(f"nothing to do: all {len(jobs)} outputs exist in {out_dir} (pass --force to redo them)")
         return 0
