@@ -386,3 +386,21 @@ def test_disk_full_writing_safetensors_weights_names_the_file(tmp_path, monkeypa
         save_network(path, ResnetGenerator(ngf=4, n_blocks=1), tile_size=64)
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == ["generator.safetensors"]
+
+
+def test_baseline_methods_stop_on_nonfinite_gradients_too():
+    """The comparison methods' shared update (tdkstain.methods.base.update) applies the same check."""
+    from tdkstain.methods.base import update
+    from tdkstain.objective import NonFiniteLoss, Runtime
+
+    net = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.1)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    loss = net(torch.ones(1, 3)).sum() + _NanGradient.apply(net.weight)
+    with pytest.raises(NonFiniteLoss, match="non-finite gradients in network 'generator'"):
+        update("generator", loss, {"loss": loss.detach()}, [net], [optimizer], Runtime())
+    loss = net(torch.ones(1, 3)).sum() + _NanGradient.apply(net.weight)
+    skip = Runtime(nonfinite="skip")
+    assert update("generator", loss, {"loss": loss.detach()}, [net], [optimizer], skip) is False
+    assert skip.skipped == 1
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from tdkstain.config import Config
-from tdkstain.objective import Batch, Nets, NonFiniteLoss, Optimizers, Runtime, Terms
+from tdkstain.objective import Batch, Nets, NonFiniteLoss, Optimizers, Runtime, Terms, _gradients_finite
 
 __all__ = ["BaselineObjective", "update"]
 
@@ -39,6 +39,14 @@ def update(phase: str, loss: torch.Tensor, terms: Terms, nets: list[nn.Module], 
     if rt.average_gradients is not None:
         for net in nets:
             rt.average_gradients(net)
+    # A finite loss can still give NaN / inf gradients; fp16's GradScaler skips those steps itself.
+    if rt.scaler is None and not all(_gradients_finite(net) for net in nets):
+        if rt.nonfinite == "stop":
+            raise NonFiniteLoss(phase, what="gradients in network")
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        rt.skipped += 1
+        return False
     for optimizer in optimizers:
         if rt.scaler is not None:
             rt.scaler.step(optimizer)
