@@ -59,19 +59,32 @@ The other modes normalise every tile with statistics that agree across tiles:
   layer recorded with per-tile normalisation, an approximation beyond the first
   layer). Local, streams in constant memory: for slides.
 
-Measured on real H&E (benchmarks/seams.py; 1000 px tiatoolbox target and a
-1024 px region of the CMU Aperio slide, tiles 256, overlap 64): with a briefly
-trained demo generator (ngf 16), "global" differs from whole-image inference by
-0.1-0.2 grey levels on average, "kernel" by 3.8-8.7, "tile" by 6.3-9.9; the
-one-pass approximation of global statistics by 1.3-9.6, and re-recording
-with the pooled statistics applied (``stat_passes`` 2) made it worse (up to
-85 levels with the untrained fixture: normalising with fixed statistics does
-not re-centre each layer as per-tile normalisation does, so errors compound).
-Seam score (band 4): naive tiling (no overlap, per-tile norm) 1.1-2.0; every
-blended mode 0.94-1.03, the same as the whole image scored at the same
+Measured on real H&E (benchmarks/seams.py; the 1000 px tiatoolbox target
+and a 1024 px region of the CMU Aperio slide; tiles 256, overlap 64; mean
+absolute difference to whole-image inference in grey levels 0..255):
+
+=====================  ==========================  ===========================
+mode                   demo generator (ngf 16,     release-layout fixture
+                       trained briefly)            (ngf 8, untrained)
+=====================  ==========================  ===========================
+naive (no overlap)     6.9 / 10.3                  14.7 / 20.3
+tile + blend           6.3 / 9.9                   11.5 / 17.8
+global, all tiles      0.11 / 0.09                 1.5 / 1.6
+global, 16 of 25 tiles 1.5 / 2.5                   4.8 / 4.0
+kernel, radius 1       3.8 / 8.7                   8.2 / 15.2
+=====================  ==========================  ===========================
+
+Seam score (band 4 px): naive tiling 1.25 / 1.97 (demo), 1.12 / 1.40
+(fixture); every blended mode 0.94-1.03, as the whole image scores at the same
 borders (1.02-1.08). Hard seams come from the receptive field cut at tile
 borders as much as from the statistics: overlap and blending remove those,
-consistent statistics remove the level differences between tiles.
+consistent statistics remove the level differences between tiles. Collecting
+all layers' statistics in one plain pass and pooling them (what "kernel"
+does) is a coarse approximation for deep layers; re-collecting them with the
+pooled statistics applied (``stat_passes`` 2) measured worse (kernel: MAE
+9.2-63 against 3.8-15.2 with one pass:
+normalising with fixed statistics does not re-centre each layer as per-tile
+normalisation does, so errors compound), hence the layer-by-layer "global".
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ colour scores above 1 (a naively tiled instance-norm generator: several).
 padding makes its output locally mirror-symmetric at a tile border, which
 hides texture steps there, and blending spreads a level difference over the
 overlap. The default ``band`` 4 averages 4-pixel strips: on real H&E
-(benchmarks/seams.py) it separates naive tiling (1.1-1.5) from blended,
-consistently normalised tiling and from whole-image inference (0.9-1.05)
+(benchmarks/seams.py) it separates naive tiling (1.1-2.0) from blended,
+consistently normalised tiling and from whole-image inference (0.94-1.08)
 for both an untrained and a trained generator, where band 1 misses the
 untrained generator's seams.
 """
