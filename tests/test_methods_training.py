@@ -14,6 +14,9 @@ from tdkstain.cli import main
 from tdkstain.images import read_rgb
 from tdkstain.training import checkpoint_files, load_checkpoint
 
+# pix2pixHD trains without its VGG term here (no ImageNet weights on test machines) and says so.
+pytestmark = pytest.mark.filterwarnings("ignore:pix2pixHD. VGG19 weights")
+
 TINY = [
     "model.ngf=4", "model.ndf=4", "model.nef=4", "model.estimator_blocks=1", "data.crop=64", "data.batch=2",
     "data.val_pairs=2", "data.workers=0", "train.device=cpu", "train.threads=1", "train.deterministic=true",
