@@ -82,6 +82,10 @@ def _pad_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
 class Stainer:
     """Stains H&E with a generator: whole images, tiled images, or tiles for slides.
 
+    Not thread-safe: the norm layers of its network copy carry per-call
+    state. Call it from one thread (decode and encode in others), or make
+    one Stainer per thread.
+
     Args:
         generator: an H&E -> IHC network, ``(B, 3, H, W)`` -> ``(B, 3, H, W)``
             in [-1, 1] (e.g. ``tdkstain.networks.ResnetGenerator``). Not
