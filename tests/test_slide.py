@@ -504,3 +504,12 @@ def test_a_live_run_holds_the_output_and_stale_temporaries_are_removed(synthetic
     stale.write_bytes(b"half")
     stain_slide(stainer, synthetic_slide[0], out, model_mpp=1.0, log=lambda m: None, progress=False)
     assert out.is_file() and not stale.exists() and not work.exists()
+
+
+def test_spread_picks_evenly_spaced_tiles_first_to_last():
+    from tdkstain.slides.pipeline import spread
+
+    assert spread(3, 16) == [0, 1, 2]
+    assert spread(10, 4) == [0, 3, 6, 9]
+    assert spread(100, 16)[0] == 0 and spread(100, 16)[-1] == 99 and len(spread(100, 16)) == 16
+    assert spread(5, 1) == [2]

@@ -48,6 +48,14 @@ of 512 in fp32), the per-tile statistics inside the kernel window, and at
 assembly ``io_workers + 1`` level-0 bands plus one band per lower level
 (``tiff_tile x width x 3`` bytes each): O(slide width), never O(slide area).
 
+Measured (benchmarks/slide_memory.py, 2 shared CPU cores, tile 512, batch 4,
+tiny generator): peak resident memory above the ~0.75 GB of loaded
+libraries and model was 416, 426 and 403 MiB for synthetic slides of 4096²,
+8192² and 16384² pixels (16x the area, flat); for 40k x 40k add the wider
+bands (about 6 x 256 x 40000 x 3 bytes = 0.2 GB): about 1.4 GB in all, plus
+the generator's activations (the release's ngf-64 generator on CPU, fp32:
+peak 2.5 GB RSS measured, about 3.5 GB at 40k with 16 statistics tiles).
+
 A slide in which no tissue is found gives a valid all-white TIFF and a
 warning that names ``--no-tissue-detection`` (an error would stop batch jobs
 over many slides for one empty scan).
