@@ -19,6 +19,14 @@ FORBIDDEN = {
     "nuclei": {"networks", "objective", "training", "data", "distributed"},
     "extraction": {"networks", "objective", "training", "data", "distributed"},
     "synth": {"networks", "objective", "training", "data", "distributed"},
+    "metrics": {"networks", "objective", "training", "data", "distributed", "methods", "evaluation"},
+    "evaluation": {"objective", "training", "data", "distributed", "methods"},
+    "slides": {"objective", "training", "data", "distributed", "methods", "evaluation"},
+}
+
+# module -> the only modules of ours it may import: inference needs networks and checkpoints alone.
+ALLOWED_ONLY = {
+    "inference": {"networks", "checkpoints", "errors", "atomic", "images"},
 }
 
 
@@ -63,6 +71,16 @@ def test_module_respects_layering(module):
         assert not imported, f"{module} must import nothing of ours, imports {sorted(imported)}"
     else:
         assert not imported & forbidden, f"{module} imports {sorted(imported & forbidden)}"
+
+
+@pytest.mark.parametrize("module", sorted(ALLOWED_ONLY))
+def test_module_imports_only_what_it_needs(module):
+    files = sorted((PACKAGE / module).rglob("*.py")) if (PACKAGE / module).is_dir() else [PACKAGE / f"{module}.py"]
+    files = [f for f in files if f.exists()]
+    if not files:
+        pytest.skip(f"{module} not present")
+    imported = set().union(*(our_imports(f) for f in files)) - {module}
+    assert imported <= ALLOWED_ONLY[module], f"{module} imports {sorted(imported - ALLOWED_ONLY[module])}"
 
 
 def test_nothing_imports_the_cli():
