@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,17 +185,23 @@ def _evaluation_rows(metrics: dict) -> list[list[str]]:
     return rows
 
 
+_NUMBER = re.compile(r"^-?[0-9][0-9.]*( s)?$")
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{h}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    def cell(c: str) -> str:
+        return f'<td class="num">{c}</td>' if _NUMBER.match(c) else f"<td>{c}</td>"
+
+    body = "".join("<tr>" + "".join(cell(c) for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1150px; margin: 1.5em auto; padding: 0 1em; color: #222; }
 h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 1.6em; }
-table { border-collapse: collapse; margin: 0.6em 0; } td, th { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
-td:first-child, th:first-child { text-align: left; } th { background: #f2f2f2; }
+table { border-collapse: collapse; margin: 0.6em 0; } td, th { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+td.num { text-align: right; } th { background: #f2f2f2; }
 .pass { background: #e3f6e3; border: 2px solid #2a8a2a; padding: 0.7em 1em; font-size: 1.15em; }
 .fail { background: #fbe5e5; border: 2px solid #b22; padding: 0.7em 1em; font-size: 1.15em; }
 img { max-width: 100%; border: 1px solid #ddd; } figure { margin: 0.8em 0; } figcaption { font-size: 0.9em; color: #555; }
