@@ -14,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tdkstain"
 # module -> modules of ours it must never import (directly)
 FORBIDDEN = {
     "networks": {"*"},
+    "devices": {"networks", "objective", "training", "data", "methods", "metrics", "inference"},
     "stain": {"*"},
     "knowledge": {"networks", "objective", "training", "data", "distributed"},
     "nuclei": {"networks", "objective", "training", "data", "distributed"},
@@ -26,7 +27,7 @@ FORBIDDEN = {
 
 # module -> the only modules of ours it may import: inference needs networks and checkpoints alone.
 ALLOWED_ONLY = {
-    "inference": {"networks", "checkpoints", "errors", "atomic", "images"},
+    "inference": {"networks", "checkpoints", "errors", "atomic", "images", "devices"},
 }
 
 

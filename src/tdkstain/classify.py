@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from tdkstain.atomic import atomic_path, write_text_atomic
+from tdkstain.devices import resolve_device
 from tdkstain.errors import TdkstainError
 from tdkstain.evaluation.pairing import HER2_LABELS, label_for, list_images, read_labels_csv
 from tdkstain.images import read_rgb
@@ -224,18 +225,6 @@ def classification_scores(truth: Sequence[int], predicted: Sequence[int], classe
 # --------------------------------------------------------------------------- training and evaluation
 
 
-def _device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as err:
-        raise TdkstainError(f"--device {device!r}: {err}; use auto, cpu or cuda[:N]") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise TdkstainError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
-    return resolved
-
-
 @dataclass
 class TrainSettings:
     """Every setting of ``train_classifier``; the only copy of each default."""
@@ -273,7 +262,7 @@ def train_classifier(
     items = labelled_images(images_dir, labels_csv)
     counts = {c: sum(label == c for _, label in items) for c in CLASSES}
     torch.manual_seed(settings.seed)
-    device = _device(settings.device)
+    device = resolve_device(settings.device)
     model = create_model(settings.arch)
     weights = find_imagenet_weights(settings.arch, settings.imagenet_weights) if settings.pretrained else None
     if weights is not None:
@@ -432,7 +421,7 @@ def evaluate_classifier(
     model, card = load_classifier(model_dir)
     items = labelled_images(images_dir, labels_csv)
     data = TileSet(items, int(card["size"]), augment=False)
-    predicted, probabilities = predict(model, data, _device(device), batch)
+    predicted, probabilities = predict(model, data, resolve_device(device), batch)
     scores = classification_scores(data.targets, predicted)
     result = {
         "model": str(model_dir),

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tdkstain.devices import resolve_device
 from tdkstain.errors import TdkstainError
 from tdkstain.inference.norm import (
     ConsistentInstanceNorm,
@@ -34,21 +35,6 @@ _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # The default norm mode for images larger than a tile: chosen by measurement
 # (benchmarks/seams.py; numbers in the package docstring).
 DEFAULT_NORM = "global"
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as ``torch.device`` parses it."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as err:
-        raise TdkstainError(f"device {device!r} is not a device name; use auto, cpu, cuda or cuda:N") from err
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise TdkstainError(f"device {device!r} asked for, but PyTorch sees no CUDA device; use --device cpu")
-    return resolved
 
 
 def downsampling_factor(network: nn.Module) -> int:

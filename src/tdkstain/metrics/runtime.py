@@ -7,24 +7,9 @@ from typing import Iterator
 
 import torch
 
-from tdkstain.errors import TdkstainError
+from tdkstain.devices import resolve_device
 
 __all__ = ["exact_float32", "resolve_device"]
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> the first CUDA GPU when there is one, else the CPU; anything else as torch reads it."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise TdkstainError(f"device {device!r}: {exc}; use 'auto', 'cpu' or 'cuda[:N]'") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise TdkstainError(f"device {device!r}: CUDA is not available here; use --device cpu or auto")
-    return resolved
 
 
 @contextlib.contextmanager
