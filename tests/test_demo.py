@@ -155,3 +155,18 @@ def test_tile_scores_match_scikit_image(tmp_path):
     assert scores["psnr"] == pytest.approx(np.mean([peak_signal_noise_ratio(r, f, data_range=255) for r, f in zip(reals, fakes)]))
     assert scores["ssim"] == pytest.approx(np.mean([
         structural_similarity(r, f, channel_axis=-1, data_range=255) for r, f in zip(reals, fakes)]))
+
+
+def test_reading_names_the_metrics_a_baseline_wins():
+    from tdkstain.demo_report import _reading
+
+    def method(ssim, fid, nuclei, membrane):
+        return {"ssim": {"mean": ssim}, "fid": {"value": fid},
+                "knowledge": {"nuclei": {"mae": nuclei}, "membrane": {"training_mask_mae": membrane}}}
+
+    text = _reading({"methods": {"TDKstain": method(0.6, 300.0, 3.0, 0.07),
+                                 "mean-colour": method(0.5, 500.0, 58.0, 0.06)}})
+    assert text.startswith("TDKstain is best on: SSIM, FID, nuclei count MAE. Not on: membrane mask MAE (training) "
+                           "(mean-colour is better).")
+    assert _reading({"methods": {"TDKstain": method(0.6, 300.0, 3.0, 0.05), "x": method(0.5, 500.0, 58.0, 0.06)}}) \
+        == "TDKstain is best on: SSIM, FID, nuclei count MAE, membrane mask MAE (training)."

@@ -185,7 +185,43 @@ def _evaluation_rows(metrics: dict) -> list[list[str]]:
     return rows
 
 
-_NUMBER = re.compile(r"^-?[0-9][0-9.]*( s)?$")
+_NUMBER = re.compile(r"^-?[0-9][0-9.]*( s.*)?$")
+
+
+# (label, getter, lower is better) of the evaluation metrics read out under its table.
+_EVALUATION_METRICS = (
+    ("SSIM", lambda m: m.get("ssim", {}).get("mean"), False),
+    ("PSNR", lambda m: m.get("psnr", {}).get("mean"), False),
+    ("FID", lambda m: m.get("fid", {}).get("value"), True),
+    ("KID", lambda m: m.get("kid", {}).get("mean"), True),
+    ("nuclei count MAE", lambda m: m.get("knowledge", {}).get("nuclei", {}).get("mae"), True),
+    ("membrane mask MAE (training)", lambda m: m.get("knowledge", {}).get("membrane", {}).get("training_mask_mae"), True),
+    ("membrane mask MAE (mean over thresholds)",
+     lambda m: m.get("knowledge", {}).get("membrane", {}).get("mean_mask_mae"), True),
+)
+
+
+def _reading(metrics: dict) -> str:
+    """Which metrics of the evaluation TDKstain is best on, and which a baseline wins (HTML)."""
+    methods = metrics.get("methods", {})
+    if "TDKstain" not in methods or len(methods) < 2:
+        return ""
+    best, lost = [], []
+    for label, get, lower in _EVALUATION_METRICS:
+        values = {name: get(m) for name, m in methods.items() if get(m) is not None}
+        if "TDKstain" not in values or len(values) < 2:
+            continue
+        winner = (min if lower else max)(values, key=values.get)
+        if values[winner] == values["TDKstain"]:
+            best.append(label)
+        else:
+            lost.append(f"{label} ({winner} is better)")
+    text = f"TDKstain is best on: {', '.join(best) or 'none'}."
+    if lost:
+        text += (f" Not on: {', '.join(lost)}. A constant tile has no membrane at all, so it scores well on membrane "
+                 "masks wherever the real tiles have little membrane (HER2 0 and 1+, most of every tile); drawing "
+                 "membranes where they are takes far longer training (the paper preset) than this demo's budget.")
+    return html.escape(text)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -201,7 +237,7 @@ CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1150px; margin: 1.5em auto; padding: 0 1em; color: #222; }
 h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 1.6em; }
 table { border-collapse: collapse; margin: 0.6em 0; } td, th { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
-td.num { text-align: right; } th { background: #f2f2f2; }
+td.num { text-align: right; white-space: nowrap; } th { background: #f2f2f2; }
 .pass { background: #e3f6e3; border: 2px solid #2a8a2a; padding: 0.7em 1em; font-size: 1.15em; }
 .fail { background: #fbe5e5; border: 2px solid #b22; padding: 0.7em 1em; font-size: 1.15em; }
 img { max-width: 100%; border: 1px solid #ddd; } figure { margin: 0.8em 0; } figcaption { font-size: 0.9em; color: #555; }
@@ -252,8 +288,10 @@ def write_report(facts: DemoFacts) -> Path:
             when += " (in an earlier run; skipped now)"
         step_rows.append([f"{i}. {html.escape(step['title'])}", f"<code>{html.escape(step['command'])}</code>", when])
     parts.append(_table(["step", "command", "time"], step_rows))
-    parts.append(f"<p>This run of the demo took {facts.total_seconds / 60:.1f} min (steps done before are skipped; "
-                 "rerun <code>tdkstain demo</code> with the same --out to continue an interrupted demo).</p>")
+    all_steps = sum(step.get("seconds") or 0.0 for step in facts.steps)
+    parts.append(f"<p>The steps took {all_steps / 60:.1f} min in all; this run of <code>tdkstain demo</code> took "
+                 f"{facts.total_seconds / 60:.1f} min (steps done in an earlier run are skipped: rerun it with the "
+                 "same --out to continue an interrupted demo).</p>")
     setting_rows = [[html.escape(str(k)), html.escape(str(v))] for k, v in facts.settings.items()]
     parts.append("<h3>Settings</h3>" + _table(["setting", "value"], setting_rows))
     config = out / "run" / "config.yaml"
@@ -299,6 +337,9 @@ def write_report(facts: DemoFacts) -> Path:
              "membrane mask MAE (training) &darr;", "membrane mask MAE (mean over thresholds) &darr;"],
             _evaluation_rows(metrics),
         ))
+        reading = _reading(metrics)
+        if reading:
+            parts.append(f"<p>{reading}</p>")
         parts.append(
             f'<p class="note">On {metrics.get("tiles")} test tiles. FID/KID on a dozen tiles are biased (fewer tiles '
             "than the 2048 Inception features): compare them only between these methods. The full report, with "
@@ -346,7 +387,8 @@ def write_report(facts: DemoFacts) -> Path:
             "(<code>he_cmu_small_region.svs</code>, a region of OpenSlide's CMU-1 test slide)</figcaption></figure>"
             f'<figure><img src="{ihc_link}" alt="virtual IHC slide"><figcaption>its virtual IHC, from the pyramidal '
             f'TIFF written by <code>tdkstain slide</code>: <a href="{_rel(tif, report_dir)}">{html.escape(tif.name)}</a> '
-            "(opens in QuPath)</figcaption></figure></div>"
+            "(opens in QuPath). Pure white rectangles are background tiles the tissue detector skipped "
+            "(left white, not stained).</figcaption></figure></div>"
         )
 
     body = "\n".join(parts)
