@@ -40,6 +40,7 @@ from tdkstain.networks import MultiscaleDiscriminator, NucleiDensityEstimator, R
 __all__ = [
     "WEIGHTS_FORMAT",
     "NETWORKS",
+    "GENERATORS",
     "GENERATOR_WEIGHT_PLACES",
     "save_weights",
     "load_weights",
@@ -67,6 +68,9 @@ NETWORKS: dict[str, type[nn.Module]] = {
     "UnetGenerator": UnetGenerator,
     "Pix2pixResnetGenerator": Pix2pixResnetGenerator,
 }
+
+# The NETWORKS entries that map H&E to IHC: what load_generator builds and 'tdkstain translate' runs.
+GENERATORS: tuple[str, ...] = ("ResnetGenerator", "UnetGenerator", "Pix2pixResnetGenerator")
 
 # Where load_generator looks inside a run folder, first match wins: the
 # trainer's latest then best generator (tdkstain.training writes
@@ -436,11 +440,16 @@ def find_generator_weights(run_dir: str | os.PathLike) -> Path:
 
 def load_generator_with_card(
     path_or_run_dir: str | os.PathLike, map_location: str | torch.device = "cpu"
-) -> tuple[ResnetGenerator, dict[str, Any]]:
+) -> tuple[nn.Module, dict[str, Any]]:
     """A generator (eval mode) and its model card, from any source :func:`load_generator` accepts.
 
-    For a ``.pth`` or a safetensors file without a card, the card is built
-    from the inferred kwargs with ``tile_size`` and ``mpp`` None.
+    A tdkstain safetensors file builds the generator its card names, any of
+    :data:`GENERATORS`: TDKstain's, pix2pixHD's, CycleGAN's and ASP's
+    ``ResnetGenerator``, pix2pix's ``UnetGenerator`` or PyramidPix2pix's
+    ``Pix2pixResnetGenerator`` (batch norm and dropout act as in eval mode:
+    running statistics, no dropout). For a ``.pth`` or a safetensors file
+    without a card, a ``ResnetGenerator`` is inferred from the keys and the
+    card built with ``tile_size`` and ``mpp`` None.
     """
     path = Path(path_or_run_dir)
     if path.is_dir():
@@ -451,17 +460,19 @@ def load_generator_with_card(
     if path.suffix.lower() in _SAFETENSORS_SUFFIXES:
         state_dict, metadata = load_weights(path)
         state_dict = _strip_wrapper_prefixes(state_dict)
-        network = metadata.get("network")
-        if network is not None and network != "ResnetGenerator":
-            raise TdkstainError(f"{path}: holds a {network}, not a generator (ResnetGenerator)")
+        name = metadata.get("network", "ResnetGenerator")
+        if name not in GENERATORS:
+            raise TdkstainError(f"{path}: holds a {name}, not a generator (one of {', '.join(GENERATORS)})")
         kwargs = metadata.get("kwargs") if isinstance(metadata.get("kwargs"), dict) else None
         if kwargs is None:  # plain safetensors of a generator state_dict, e.g. converted elsewhere
+            if name != "ResnetGenerator":
+                raise TdkstainError(f"{path}: the model card names a {name} but has no 'kwargs' to build it with")
             kwargs = infer_generator_kwargs(state_dict, path)
         try:
-            generator = ResnetGenerator(**kwargs)
+            generator = NETWORKS[name](**kwargs)
         except (TypeError, ValueError) as err:
-            raise TdkstainError(f"{path}: model card kwargs do not build a ResnetGenerator: {err}") from err
-        _load_strict(generator, state_dict, path, f"a ResnetGenerator with {kwargs}")
+            raise TdkstainError(f"{path}: model card kwargs do not build a {name}: {err}") from err
+        _load_strict(generator, state_dict, path, f"a {name} with {kwargs}")
         card = {**model_card(generator), **metadata} if metadata else model_card(generator, source={"file": path.name})
         return generator.to(map_location).eval(), card
 
@@ -470,7 +481,7 @@ def load_generator_with_card(
     return generator, card
 
 
-def load_generator(path_or_run_dir: str | os.PathLike, map_location: str | torch.device = "cpu") -> ResnetGenerator:
+def load_generator(path_or_run_dir: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
     """A ready generator (eval mode) from our safetensors, a run folder, or the authors' ``.pth``.
 
     Run folders are searched as :func:`find_generator_weights` documents.

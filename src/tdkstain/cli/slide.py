@@ -41,13 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="microns per pixel of the slide's level 0, for slides whose metadata lacks it (default: from the file)",
     )
     engine = parser.add_argument_group("staining")
-    engine.add_argument("--tile", type=int, default=512, help="tile side in pixels, a multiple of 8 (default 512)")
+    engine.add_argument("--tile", type=int, default=512, help="tile side in pixels, a multiple of the generator's downsampling (8 for TDKstain, 256 for unet_256; rounded up to fit) (default 512)")
     engine.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels (default 64)")
     engine.add_argument(
         "--norm", choices=("global", "kernel", "tile"), default="global",
         help="instance-norm statistics: those of the whole tissue, gathered layer by layer over --stat-tiles "
         "tiles spread over it (global, default), pooled over each tile's neighbours (kernel), or per tile "
-        "(tile: naive, shows seams)",
+        "(tile: naive, shows seams); no effect on generators without instance norm (pix2pix, PyramidPix2pix)",
     )
     engine.add_argument(
         "--stat-tiles", type=int, default=16,
@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         kernel_radius=args.kernel_radius,
         stat_passes=args.stat_passes,
         stat_tiles=args.stat_tiles,
+        fit_tiles=True,  # pix2pix's U-Net needs multiples of 256: round --tile/--overlap instead of refusing
     )
     model_mpp = card.get("mpp")
     if args.mpp is None and model_mpp is None:

@@ -14,8 +14,13 @@ OUT/STEM.png for each. Images that fit in one tile go through the generator
 whole; larger ones are cut into overlapping tiles, normalised with
 instance-norm statistics that are consistent across tiles (--norm global,
 the default; 'tile' is the naive per-tile normalisation that shows seams)
-and blended. CHECKPOINT is a run folder of 'tdkstain train', a tdkstain
-.safetensors weights file, or the authors' latest_net_G.pth. Existing
+and blended. CHECKPOINT is a run folder of 'tdkstain train' (any method: TDKstain or a
+baseline), a tdkstain .safetensors weights file, or the authors'
+latest_net_G.pth. Generators without instance norm (pix2pix's U-Net,
+PyramidPix2pix's batch-norm ResNet) have nothing for --norm to make
+consistent: their tiles are stained once and blended, whatever --norm says;
+--tile and --overlap are rounded to what the generator takes (multiples of
+256 for unet_256). Existing
 outputs are skipped (rerun to continue an interrupted job) unless --force.
 
 Example:
@@ -31,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="run folder, .safetensors weights, or the authors' latest_net_G.pth")
     parser.add_argument("--out", type=Path, required=True, help="output folder; each input becomes OUT/STEM.png")
     parser.add_argument("--recursive", action="store_true", help="also take images in subfolders of INPUT folders, mirrored under OUT (default: the folder itself only)")
-    parser.add_argument("--tile", type=int, default=512, help="tile side in pixels, a multiple of 8; larger images are tiled (default: 512)")
-    parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels, a multiple of 8, at most tile/2 (default: 64)")
+    parser.add_argument("--tile", type=int, default=512, help="tile side in pixels, a multiple of the generator's downsampling (8 for TDKstain; rounded up to fit); larger images are tiled (default: 512)")
+    parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels, at most tile/2 (rounded to the generator's multiple) (default: 64)")
     parser.add_argument("--batch", type=int, default=4, help="tiles per forward pass (default: 4)")
     parser.add_argument(
         "--norm",
@@ -40,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="global",
         help="instance-norm statistics of tiled images: global = the whole image's, gathered layer by layer "
         "(matches staining it in one piece), kernel = pooled over neighbouring tiles (--kernel-radius), "
-        "tile = each tile its own (naive: level jumps between tiles) (default: global)",
+        "tile = each tile its own (naive: level jumps between tiles); no effect on generators without instance norm "
+        "(pix2pix, PyramidPix2pix) (default: global)",
     )
     parser.add_argument(
         "--stat-tiles",
@@ -130,10 +136,13 @@ def run(args: argparse.Namespace) -> int:
         norm=args.norm,
         kernel_radius=args.kernel_radius,
         stat_tiles=args.stat_tiles,
+        fit_tiles=True,
     )
     kwargs = card.get("kwargs", {})
+    if (stainer.tile, stainer.overlap) != (args.tile, args.overlap):
+        print(f"{card.get('network')} takes sides that are multiples of {stainer.align}: tile {stainer.tile}, overlap {stainer.overlap}", file=sys.stderr)
     print(
-        f"{args.checkpoint}: ResnetGenerator ngf {kwargs.get('ngf', '?')}, {stainer.num_norm_layers} instance-norm layers; "
+        f"{args.checkpoint}: {card.get('network', 'ResnetGenerator')} ngf {kwargs.get('ngf', '?')}, {stainer.num_norm_layers} instance-norm layers; "
         f"{len(todo)} image(s) to stain on {stainer.device} ({stainer.precision}), tile {stainer.tile}, "
         f"overlap {stainer.overlap}, norm {stainer.norm}" + (f"; {skipped_existing} already done" if skipped_existing else ""),
         file=sys.stderr,

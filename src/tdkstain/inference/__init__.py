@@ -89,7 +89,7 @@ normalisation does, so errors compound), hence the layer-by-layer "global".
 
 from __future__ import annotations
 
-from tdkstain.inference.engine import DEFAULT_NORM, NORM_MODES, PRECISIONS, Stainer, downsampling_factor, resolve_device
+from tdkstain.inference.engine import DEFAULT_NORM, NORM_MODES, PRECISIONS, Stainer, downsampling_factor, fit_tiling, resolve_device
 from tdkstain.inference.norm import ConsistentInstanceNorm, NormStats, combine_stats, consistent_norm_copy, neighbourhood_stats
 from tdkstain.inference.seams import seam_score, seam_steps
 from tdkstain.inference.tiling import Blender, TileGrid, TilePosition, blend_weights
@@ -101,6 +101,7 @@ __all__ = [
     "PRECISIONS",
     "resolve_device",
     "downsampling_factor",
+    "fit_tiling",
     "NormStats",
     "ConsistentInstanceNorm",
     "consistent_norm_copy",

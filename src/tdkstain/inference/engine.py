@@ -27,7 +27,7 @@ from tdkstain.inference.norm import (
 from tdkstain.inference.tiling import Blender, TileGrid
 from tdkstain.networks import ResnetBlock, ResnetGenerator
 
-__all__ = ["Stainer", "NORM_MODES", "PRECISIONS", "DEFAULT_NORM", "resolve_device", "downsampling_factor"]
+__all__ = ["Stainer", "NORM_MODES", "PRECISIONS", "DEFAULT_NORM", "resolve_device", "downsampling_factor", "fit_tiling"]
 
 NORM_MODES = ("tile", "global", "kernel")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -40,11 +40,16 @@ DEFAULT_NORM = "global"
 def downsampling_factor(network: nn.Module) -> int:
     """The factor tile sizes and tile positions must be multiples of.
 
-    A ``ResnetGenerator`` with ``n_downsampling`` d needs ``2**d`` (sizes that
-    are not give a differently sized output, and tiles that start off that
-    lattice subsample differently from the whole image). Other networks:
-    the product of the strides of their strided convolutions.
+    A network that declares ``size_multiple`` (the comparison methods'
+    generators: 2**num_downs for pix2pix's U-Net, e.g. 256 for unet_256)
+    needs that. A ``ResnetGenerator`` with ``n_downsampling`` d needs
+    ``2**d`` (sizes that are not give a differently sized output, and tiles
+    that start off that lattice subsample differently from the whole image).
+    Other networks: the product of the strides of their strided convolutions.
     """
+    declared = getattr(network, "size_multiple", None)
+    if isinstance(declared, int) and declared >= 1:
+        return declared
     kwargs = getattr(network, "init_kwargs", None)
     if isinstance(kwargs, dict) and "n_downsampling" in kwargs:
         return 2 ** int(kwargs["n_downsampling"])
@@ -53,6 +58,22 @@ def downsampling_factor(network: nn.Module) -> int:
         if isinstance(m, nn.Conv2d):
             factor *= int(m.stride[0])
     return factor
+
+
+def fit_tiling(tile: int, overlap: int, align: int) -> tuple[int, int]:
+    """The tile side and overlap closest to the requested ones that a generator aligned to ``align`` takes.
+
+    ``tile`` is rounded up to a multiple of ``align``; ``overlap`` up to a
+    multiple of ``align`` but at most half the tile (so 0 when half a tile is
+    less than ``align``: then tiles abut, e.g. unet_256 with 256 px tiles).
+    Values that already fit are returned unchanged. Used by the CLIs so that
+    ``--tile 512 --overlap 64`` works for every method's generator.
+    """
+    if tile < 1 or overlap < 0 or align < 1:
+        raise TdkstainError(f"need tile >= 1, overlap >= 0, align >= 1; got {tile}, {overlap}, {align}")
+    tile = _round_up(tile, align)
+    overlap = min(_round_up(overlap, align), (tile // 2) // align * align)
+    return tile, overlap
 
 
 def _pad_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -74,15 +95,21 @@ class Stainer:
 
     Args:
         generator: an H&E -> IHC network, ``(B, 3, H, W)`` -> ``(B, 3, H, W)``
-            in [-1, 1] (e.g. ``tdkstain.networks.ResnetGenerator``). Not
-            modified: the Stainer works on a copy.
+            in [-1, 1] (e.g. ``tdkstain.networks.ResnetGenerator``, or a
+            comparison method's generator). Not modified: the Stainer works
+            on a copy in eval mode. A network without per-sample instance
+            norm (pix2pix's U-Net and PyramidPix2pix's ResNet use batch norm,
+            whose running statistics are already the same for every tile)
+            has nothing for ``norm`` to make consistent: every mode stains
+            each tile once and blends the tiles.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         precision: ``"fp32"``; ``"bf16"`` or ``"fp16"`` run the convolutions
             under ``torch.autocast`` (instance norm stays float32).
         channels_last: memory format of weights and inputs; None -> True on
             CUDA (tensor cores prefer NHWC), False on CPU.
         tile: tile side in pixels for images larger than one tile; a multiple
-            of :func:`downsampling_factor` (8 for the release's generator).
+            of :func:`downsampling_factor` (8 for the release's generator,
+            256 for pix2pix's unet_256; :func:`fit_tiling` rounds to fit).
         overlap: overlap of neighbouring tiles, a multiple of that factor, < tile.
         batch: tiles per forward pass.
         norm: ``"tile"`` (plain instance norm per tile, the naive way),
@@ -160,14 +187,19 @@ class Stainer:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, **kwargs: Any) -> tuple["Stainer", dict[str, Any]]:
-        """A Stainer for a run folder, our safetensors, or the authors' ``latest_net_G.pth``.
+    def from_checkpoint(cls, path: str | os.PathLike, *, fit_tiles: bool = False, **kwargs: Any) -> tuple["Stainer", dict[str, Any]]:
+        """A Stainer for a run folder, our safetensors (any method's generator), or the authors' ``latest_net_G.pth``.
 
-        Returns ``(stainer, model_card)``; keyword arguments go to the constructor.
+        Returns ``(stainer, model_card)``; keyword arguments go to the
+        constructor. ``fit_tiles``: round ``tile`` and ``overlap`` to what
+        the generator takes (:func:`fit_tiling`) instead of refusing them.
         """
         from tdkstain.checkpoints import load_generator_with_card
 
         generator, card = load_generator_with_card(path)
+        if fit_tiles:
+            align = downsampling_factor(generator)
+            kwargs["tile"], kwargs["overlap"] = fit_tiling(kwargs.get("tile", 512), kwargs.get("overlap", 64), align)
         return cls(generator, **kwargs), card
 
     def __repr__(self) -> str:
@@ -281,6 +313,8 @@ class Stainer:
             the tile's area.
         """
         self._check_stats(stats, len(tiles))
+        if not self._norms:  # nothing to record: no forward pass needed
+            return [NormStats((), (), float(t.shape[0] * t.shape[1])) for t in tiles]
         out: list[NormStats] = []
         for s in self._batches(len(tiles)):
             _, recorded = self._forward(tiles[s], None if stats is None else stats[s], record=True)
@@ -346,8 +380,11 @@ class Stainer:
             raise TdkstainError("sequential_stats needs at least one tile")
         if regions is not None and len(regions) != len(tiles):
             raise TdkstainError(f"got {len(regions)} regions for {len(tiles)} tiles; pass one per tile")
-        activations = [self._to_tensor(tiles[s]) for s in self._batches(len(tiles))]
         height, width = tiles[0].shape[:2]
+        if not self._norms:  # nothing to gather: no forward pass needed
+            pixels = float(len(tiles) * height * width) if regions is None else float(sum((b - t) * (r - l) for t, b, l, r in regions))
+            return NormStats((), (), pixels)
+        activations = [self._to_tensor(tiles[s]) for s in self._batches(len(tiles))]
         boxes = None
         if regions is not None:
             fractions = [(t / height, b / height, l / width, r / width) for t, b, l, r in regions]
@@ -415,7 +452,9 @@ class Stainer:
         positions = grid.positions
         tiles = [p.crop(padded) for p in positions]
         applied: list[NormStats] | None = None
-        if self.norm == "global":
+        if not self._norms:
+            pass  # no per-sample instance norm (e.g. batch norm): nothing to make consistent, tiles are only blended
+        elif self.norm == "global":
             chosen = _spread(len(tiles), self.stat_tiles)
             pooled = self.sequential_stats([tiles[i] for i in chosen], [grid.core(positions[i]) for i in chosen])
             tick(len(chosen))
@@ -436,9 +475,11 @@ class Stainer:
         return blender.result(uint8=not as_float)[:height, :width]
 
     def _padded_size(self, height: int, width: int) -> tuple[int, int]:
-        # multiples of align, and at least 2 * align so the deepest feature map has more than one
-        # pixel (instance norm of a single value is undefined)
-        return (max(_round_up(height, self.align), 2 * self.align), max(_round_up(width, self.align), 2 * self.align))
+        # multiples of align, and with instance norm at least 2 * align so the deepest feature map has
+        # more than one pixel (instance norm of a single value is undefined); batch norm in eval mode
+        # takes a 1x1 map (pix2pix's unet_256 runs 256 px images down to 1x1)
+        least = (2 if self._norms else 1) * self.align
+        return (max(_round_up(height, self.align), least), max(_round_up(width, self.align), least))
 
     def passes_for(self, height: int, width: int) -> int:
         """Tile forward passes :meth:`stain_image` makes for an image of this size (for progress bars)."""
@@ -446,6 +487,8 @@ class Stainer:
         if padded_height <= self.tile and padded_width <= self.tile:
             return 1
         n = len(self.grid(height, width))
+        if not self._norms or self.norm == "tile":
+            return n
         if self.norm == "global":
             return n + min(n, self.stat_tiles)
         return n * (1 + (0 if self.norm == "tile" else self.stat_passes))

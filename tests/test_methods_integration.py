@@ -1,0 +1,127 @@
+"""The comparison methods beyond training: every generator through ``tdkstain translate``, CycleGAN on
+unpaired folders (disjoint stems) with bitwise resume, and baseline settings in the architecture check."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tdkstain.checkpoints import load_generator_with_card, load_network
+from tdkstain.cli import main
+from tdkstain.config import load_config
+from tdkstain.errors import TdkstainError
+from tdkstain.images import read_rgb, write_png
+from tdkstain.inference import Stainer, downsampling_factor, fit_tiling
+from tdkstain.training import check_same_architecture, checkpoint_files, load_checkpoint
+
+TINY = [
+    "model.ngf=4", "model.ndf=4", "data.crop=64", "data.batch=2", "data.val_pairs=0", "data.workers=0",
+    "train.device=cpu", "train.threads=1", "train.deterministic=true", "train.tensorboard=false",
+    "train.log_every=1", "train.checkpoint_every=2", "train.keep_last=4",
+]
+SHRINK = {
+    "pix2pix": ["model.n_downsampling=6"],  # unet_64: sides must be multiples of 64
+    "pyramidpix2pix": ["model.n_blocks=1"],  # batch norm + dropout ResNet, multiples of 4
+    "cyclegan": ["model.n_blocks=1", "baseline.pool_size=3"],
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def paired(tmp_path_factory) -> Path:
+    from tdkstain.synth import write_dataset
+
+    root = tmp_path_factory.mktemp("paired") / "data"
+    write_dataset(root, pairs=8, size=64, seed=0)  # 6 train, 2 test
+    return root
+
+
+def _train(method: str, data: Path, out: Path, steps: int, *extra: str) -> int:
+    return main(["train", "--config", method, "--data", str(data), "--out", str(out), "--no-progress",
+                 *TINY, *SHRINK[method], *extra, f"train.max_steps={steps}"])
+
+
+def _direct(generator: torch.nn.Module, he: np.ndarray) -> np.ndarray:
+    """The generator's own forward on a whole image (eval mode), [-1, 1] -> rounded uint8."""
+    x = torch.from_numpy(he.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1)[None]
+    with torch.no_grad():
+        y = generator.eval()(x)
+    return ((y[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+
+
+# ----------------------------------------------------------------------------- 1. translate any generator
+
+
+@pytest.mark.parametrize("method", ["pix2pix", "pyramidpix2pix"])
+def test_translate_runs_pix2pix_and_pyramidpix2pix_run_folders(method, paired, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train(method, paired, run, 2) == 0
+    generator, card = load_network(run / "weights" / "generator.safetensors")
+    assert card["network"] == {"pix2pix": "UnetGenerator", "pyramidpix2pix": "Pix2pixResnetGenerator"}[method]
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in generator.modules())
+    loaded, _ = load_generator_with_card(run)
+    assert not loaded.training
+
+    he = read_rgb(sorted((paired / "test_HE").glob("*.png"))[0])  # 64 x 64: one tile
+    inputs = tmp_path / "he"
+    write_png(inputs / "one.png", he)
+    out = tmp_path / "out"
+    assert main(["translate", "--checkpoint", str(run), str(inputs), "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    assert card["network"] in capsys.readouterr().err
+    # Batch norm uses its running statistics and dropout is off: exactly the eval-mode forward pass.
+    assert np.array_equal(read_rgb(out / "one.png"), _direct(generator, he))
+
+
+def test_batch_norm_generators_tile_and_blend_whatever_norm_says(paired, tmp_path):
+    run = tmp_path / "run"
+    assert _train("pyramidpix2pix", paired, run, 1) == 0
+    he = np.concatenate([read_rgb(p) for p in sorted((paired / "train_HE").glob("*.png"))[:3]], axis=1)[:60, :180]
+    write_png(tmp_path / "he" / "wide.png", he)
+    outputs = {}
+    for norm in ("global", "kernel", "tile"):
+        out = tmp_path / norm
+        assert main(["translate", "--checkpoint", str(run), str(tmp_path / "he"), "--out", str(out), "--device", "cpu",
+                     "--tile", "64", "--overlap", "16", "--norm", norm, "--no-progress"]) == 0
+        outputs[norm] = read_rgb(out / "wide.png")
+    assert outputs["global"].shape == he.shape
+    # No instance norm: nothing for --norm to change.
+    assert np.array_equal(outputs["global"], outputs["tile"]) and np.array_equal(outputs["kernel"], outputs["tile"])
+    stainer, _ = Stainer.from_checkpoint(run, device="cpu", tile=64, overlap=16)
+    assert stainer.num_norm_layers == 0 and stainer.passes_for(60, 180) == len(stainer.grid(60, 180))
+    # Tiling really happened: whole-image inference differs near the tile seams but agrees in general.
+    whole = _direct(load_network(run / "weights" / "generator.safetensors")[0], np.pad(he, ((0, 4), (0, 0), (0, 0)), mode="reflect"))[:60]
+    assert np.abs(whole.astype(int) - outputs["tile"].astype(int)).mean() < 8
+
+
+def test_unet_tiles_are_aligned_to_its_depth(paired, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train("pix2pix", paired, run, 1) == 0
+    generator, _ = load_network(run / "weights" / "generator.safetensors")
+    assert downsampling_factor(generator) == 64
+    assert fit_tiling(64, 16, 64) == (64, 0) and fit_tiling(100, 16, 64) == (128, 64) and fit_tiling(512, 64, 8) == (512, 64)
+    he = read_rgb(sorted((paired / "train_HE").glob("*.png"))[0])
+    big = np.concatenate([he, he[:, ::-1]], axis=1)[:50, :100]  # 50 x 100: padded to 64 x 128, two 64 px tiles
+    write_png(tmp_path / "he" / "big.png", big)
+    out = tmp_path / "out"
+    assert main(["translate", "--checkpoint", str(run), str(tmp_path / "he"), "--out", str(out), "--device", "cpu",
+                 "--tile", "48", "--overlap", "16", "--no-progress"]) == 0
+    assert "multiples of 64: tile 64, overlap 0" in capsys.readouterr().err
+    stained = read_rgb(out / "big.png")
+    assert stained.shape == big.shape
+    # Abutting tiles: each is the forward pass of its reflect-padded 64 px block.
+    padded = np.pad(big, ((0, 14), (0, 28), (0, 0)), mode="reflect")
+    assert np.array_equal(stained[:, :64], _direct(generator, padded[:, :64])[:50])
+    assert np.array_equal(stained[:, 64:], _direct(generator, padded[:, 64:])[:50, :36])
+    with pytest.raises(TdkstainError, match="multiple of 64"):
+        Stainer(generator, device="cpu", tile=48, overlap=0)
