@@ -125,3 +125,92 @@ def test_unet_tiles_are_aligned_to_its_depth(paired, tmp_path, capsys):
     assert np.array_equal(stained[:, 64:], _direct(generator, padded[:, 64:])[:50, :36])
     with pytest.raises(TdkstainError, match="multiple of 64"):
         Stainer(generator, device="cpu", tile=48, overlap=0)
+
+
+# ----------------------------------------------------------------------------- 2. CycleGAN on unpaired folders
+
+
+@pytest.fixture(scope="module")
+def unpaired(paired, tmp_path_factory) -> Path:
+    """MIST-style trainA/ + trainB/ whose stems never match (5 H&E, 4 IHC); testA/testB keep 2 pairs."""
+    root = tmp_path_factory.mktemp("unpaired") / "data"
+    he = sorted((paired / "train_HE").glob("*.png"))
+    ihc = sorted((paired / "train_IHC").glob("*.png"))
+    for i, path in enumerate(he[:5]):
+        (root / "trainA").mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, root / "trainA" / f"he_{i}.png")
+    for i, path in enumerate(ihc[:4]):
+        (root / "trainB").mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, root / "trainB" / f"ihc_{chr(97 + i)}.png")
+    for path in sorted((paired / "test_HE").glob("*.png"))[:2]:
+        (root / "testA").mkdir(parents=True, exist_ok=True)
+        (root / "testB").mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, root / "testA" / path.name)
+        shutil.copy(paired / "test_IHC" / path.name, root / "testB" / path.name)
+    return root
+
+
+def test_discover_unpaired_lists_each_side(unpaired, tmp_path):
+    from tdkstain.pairs import discover_pairs, discover_unpaired
+
+    he, ihc = discover_unpaired(unpaired, split="train")
+    assert [p.name for p in he] == [f"he_{i}.png" for i in range(5)]
+    assert [p.name for p in ihc] == ["ihc_a.png", "ihc_b.png", "ihc_c.png", "ihc_d.png"]
+    with pytest.warns(UserWarning, match="baseline.unpaired=true"):
+        assert discover_pairs(unpaired, split="train") == []
+    with pytest.raises(TdkstainError, match="no split 'val'"):
+        discover_unpaired(unpaired, split="val")
+    (tmp_path / "train_HE").mkdir()
+    write_png(tmp_path / "train_HE" / "a.png", np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "train_IHC").mkdir()
+    with pytest.raises(TdkstainError, match=r"train_IHC: no IHC images"):
+        discover_unpaired(tmp_path, split="train")
+
+
+def test_unpaired_tiles_draw_ihc_independently_and_reproducibly(unpaired):
+    from tdkstain.data import UnpairedTiles, split_unpaired
+
+    files, val = split_unpaired(unpaired, "train", "test", 8)
+    assert len(files) == 5 and len(files.ihc) == 4 and [p.stem for p in val] == sorted(p.stem for p in (unpaired / "testA").iterdir())
+    dataset = UnpairedTiles(files, 32, flip=True, seed=3)
+    per_epoch = [[dataset.ihc_index(epoch, i) for i in range(5)] for epoch in range(6)]
+    for indices in per_epoch:
+        assert set(indices[:4]) == {0, 1, 2, 3}  # every IHC tile once per 4 H&E tiles
+    assert len({tuple(p) for p in per_epoch}) > 1  # the partners change between epochs
+    a, b = dataset[(2, 1)], UnpairedTiles(files, 32, flip=True, seed=3)[(2, 1)]
+    assert set(a) == {"index", "he", "ihc"} and a["he"].shape == a["ihc"].shape == (3, 32, 32)
+    assert torch.equal(a["he"], b["he"]) and torch.equal(a["ihc"], b["ihc"])
+    # The IHC really is the file the permutation names (up to crop/flip): its pixels come from that file.
+    source = read_rgb(files.ihc[dataset.ihc_index(2, 1)]).astype(np.float32) / 127.5 - 1
+    crop = a["ihc"].permute(1, 2, 0).numpy()
+    found = any(
+        np.allclose(source[t : t + 32, l : l + 32], c, atol=1e-6)
+        for t in range(33) for l in range(33) for c in (crop, crop[:, ::-1])
+    )
+    assert found
+
+
+def test_cyclegan_trains_on_unpaired_folders_and_resumes_bitwise(unpaired, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    unpaired_flag = ["baseline.unpaired=true", "data.val_pairs=2", "train.val_every=2"]
+    assert _train("cyclegan", unpaired, straight, 4, *unpaired_flag) == 0
+    assert [p.name for p in checkpoint_files(straight)] == ["step_00000002.pt", "step_00000004.pt"]
+    assert _train("cyclegan", unpaired, resumed, 2, *unpaired_flag) == 0
+    assert _train("cyclegan", unpaired, resumed, 4, *unpaired_flag) == 0
+    a, b = load_checkpoint(checkpoint_files(straight)[-1]), load_checkpoint(checkpoint_files(resumed)[-1])
+    assert a["step"] == b["step"] == 4
+    for name, state in a["networks"].items():
+        for key, tensor in state.items():
+            assert torch.equal(tensor, b["networks"][name][key]), f"{name}.{key} differs after resume"
+    first = load_checkpoint(checkpoint_files(straight)[0])["networks"]["generator"]
+    assert any(not torch.equal(first[k], v) for k, v in a["networks"]["generator"].items())
+    # Validation ran on the paired test split.
+    assert '"kind": "val"' in (straight / "metrics.jsonl").read_text()
+
+
+def test_methods_that_need_pairs_refuse_unpaired_folders(unpaired, tmp_path, capsys):
+    with pytest.warns(UserWarning):
+        assert _train("pix2pix", unpaired, tmp_path / "a", 1) == 2
+    assert "no 'train' pairs found" in capsys.readouterr().err
+    assert _train("pix2pix", unpaired, tmp_path / "b", 1, "baseline.unpaired=true") == 2
+    assert "only cyclegan trains on unpaired" in capsys.readouterr().err

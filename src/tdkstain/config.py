@@ -145,7 +145,11 @@ class BaselineConfig(Section):
     cycle: float = Field(10.0, ge=0, description="CycleGAN: cycle-consistency weight (lambda_A = lambda_B)")
     identity: float = Field(0.5, ge=0, description="CycleGAN: identity weight, times the cycle weight")
     pool_size: int = Field(50, ge=0, description="CycleGAN: image pool of generated images (0: none)")
-    unpaired: bool = Field(False, description="CycleGAN: train as on unpaired data (each H&E meets the IHC of another, randomly drawn tile)")
+    unpaired: bool = Field(
+        False,
+        description="CycleGAN only: train on unpaired data: H&E and IHC files are listed separately (stems need not match, "
+        "e.g. trainA/ + trainB/) and each H&E tile meets an independently drawn IHC tile; other methods need pairs",
+    )
     nce: float = Field(10.0, ge=0, description="ASP/CUT: PatchNCE weight (lambda_NCE)")
     nce_layers: list[int] = Field(default_factory=lambda: [0, 4, 7, 10, 14], description="generator Sequential indices whose outputs PatchNCE compares")
     nce_patches: int = Field(256, ge=1, description="patches sampled per layer")

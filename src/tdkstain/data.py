@@ -12,6 +12,10 @@ One sample is five images of the same tissue, cropped and flipped together:
 extract`` in the release's folder names.) A branch whose loss weight is 0
 does not load its maps.
 
+Unpaired data (CycleGAN with ``baseline.unpaired``, :class:`UnpairedTiles`):
+``he`` and ``ihc`` come from two separately listed sets of files of any
+names; each H&E sample meets an IHC tile drawn independently of it.
+
 Randomness is a pure function of ``(seed, epoch, index)``: the sampler yields
 ``(epoch, index)`` keys and each sample draws its crop and flip from a
 generator seeded with them. So the stream does not depend on worker
@@ -33,7 +37,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from tdkstain.errors import TdkstainError
 from tdkstain.images import read_float_map, read_gray, read_rgb
-from tdkstain.pairs import Pair, discover_pairs, knowledge_paths
+from tdkstain.pairs import Pair, discover_pairs, discover_unpaired, knowledge_paths
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,73 @@ class AlignedTiles(Dataset):
         return sample
 
 
+@dataclass(frozen=True)
+class UnpairedFiles:
+    """The two sides of an unpaired training set; its length is the number of H&E files."""
+
+    he: tuple[Path, ...]
+    ihc: tuple[Path, ...]
+
+    def __len__(self) -> int:
+        return len(self.he)
+
+
+def _random_crop(image: np.ndarray, crop: int | None, rng: np.random.Generator, flip: bool, path: Path) -> np.ndarray:
+    if crop is not None:
+        h, w = image.shape[:2]
+        if h < crop or w < crop:
+            raise TdkstainError(f"{path}: tile is {w}x{h} px, smaller than the crop {crop}; lower data.crop")
+        top, left = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+        image = image[top : top + crop, left : left + crop]
+    if flip and rng.random() < 0.5:
+        image = image[:, ::-1]
+    return image
+
+
+class UnpairedTiles(Dataset):
+    """Unpaired ``{"index", "he", "ihc"}`` samples, indexed by ``(epoch, index)`` over the H&E files.
+
+    Sample ``(epoch, index)`` takes H&E file ``index`` and the IHC file at
+    position ``index mod n_ihc`` of a permutation of the IHC files drawn for
+    the epoch (so in an epoch every IHC tile is used about equally, and which
+    one meets which H&E tile changes from epoch to epoch). Each side gets its
+    own random crop and flip. Everything is a pure function of ``(seed,
+    epoch, index)``, like :class:`AlignedTiles`, so resume stays exact.
+    ``he`` and ``ihc`` are ``(3, S, S)`` float32 in [-1, 1].
+    """
+
+    def __init__(self, files: UnpairedFiles, crop: int | None, *, flip: bool, seed: int):
+        self.files, self.crop, self.flip, self.seed = files, crop, flip, seed
+        self._permutation: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def ihc_index(self, epoch: int, index: int) -> int:
+        if self._permutation is None or self._permutation[0] != epoch:
+            # the 1 keeps this stream apart from the per-sample streams sample_rng(seed, epoch, index)
+            self._permutation = (epoch, np.random.default_rng([self.seed, epoch, 1, 1]).permutation(len(self.files.ihc)))
+        return int(self._permutation[1][index % len(self.files.ihc)])
+
+    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, torch.Tensor]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        he_path, ihc_path = self.files.he[index], self.files.ihc[self.ihc_index(epoch, index)]
+        rng = sample_rng(self.seed, epoch, index)
+        he = _random_crop(read_rgb(he_path), self.crop, rng, self.flip, he_path)
+        ihc = _random_crop(read_rgb(ihc_path), self.crop, rng, self.flip, ihc_path)
+        if self.crop is None and he.shape != ihc.shape:
+            raise TdkstainError(f"{ihc_path}: unpaired tiles of different sizes ({ihc.shape[1]}x{ihc.shape[0]} vs "
+                                f"{he_path} {he.shape[1]}x{he.shape[0]}) need data.crop")
+        return {"index": torch.tensor(index), "he": _to_signed(he), "ihc": _to_signed(ihc)}
+
+
+def training_tiles(files: Sequence[TileFiles] | UnpairedFiles, crop: int | None, *, flip: bool, seed: int) -> Dataset:
+    """The training dataset for what :func:`split_pairs` or :func:`split_unpaired` listed."""
+    if isinstance(files, UnpairedFiles):
+        return UnpairedTiles(files, crop, flip=flip, seed=seed)
+    return AlignedTiles(files, crop, flip=flip, seed=seed)
+
+
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     """Batches of ``(epoch, index)`` keys, forever, starting at any step.
 
@@ -215,7 +286,10 @@ def split_pairs(root: str | Path, train_split: str, val_split: str, val_pairs: i
     root = Path(root)
     train = sorted(discover_pairs(root, split=train_split), key=lambda p: p.stem)
     if not train:
-        raise TdkstainError(f"{root}: no '{train_split}' pairs found; check the layout with `tdkstain check {root}`")
+        raise TdkstainError(
+            f"{root}: no '{train_split}' pairs found; check the layout with `tdkstain check {root}` "
+            "(CycleGAN trains on unpaired H&E and IHC folders with baseline.unpaired=true)"
+        )
     if val_pairs == 0:
         return train, []
     val = sorted(discover_pairs(root, split=val_split), key=lambda p: p.stem) if val_split != train_split else []
@@ -227,6 +301,25 @@ def split_pairs(root: str | Path, train_split: str, val_split: str, val_pairs: i
             "set data.val_pairs=0 or add a test split"
         )
     return train[:-val_pairs], train[-val_pairs:]
+
+
+def split_unpaired(root: str | Path, train_split: str, val_split: str, val_pairs: int) -> tuple[UnpairedFiles, list[Pair]]:
+    """Unpaired training files (each side listed on its own, :func:`discover_unpaired`) and validation pairs.
+
+    Validation needs aligned pairs: the first ``val_pairs`` pairs of
+    ``val_split`` when it has any, else none (nothing is held out of
+    unpaired training data).
+    """
+    import warnings
+
+    root = Path(root)
+    he, ihc = discover_unpaired(root, split=train_split)
+    val: list[Pair] = []
+    if val_pairs > 0 and val_split != train_split:
+        with warnings.catch_warnings():  # an unpaired validation split only means: no validation
+            warnings.simplefilter("ignore")
+            val = sorted(discover_pairs(root, split=val_split), key=lambda p: p.stem)[:val_pairs]
+    return UnpairedFiles(tuple(he), tuple(ihc)), val
 
 
 def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

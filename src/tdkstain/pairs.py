@@ -49,6 +49,7 @@ __all__ = [
     "check_dataset",
     "detect_layout",
     "discover_pairs",
+    "discover_unpaired",
     "knowledge_paths",
     "parse_her2_label",
 ]
@@ -297,11 +298,50 @@ def discover_pairs(
         examples = ", ".join(_display(p.path, layout.root) for p in unpaired[:3])
         warnings.warn(
             f"{layout.root}: {len(unpaired)} image(s) without a partner were skipped (e.g. {examples}); "
-            f"'tdkstain check {layout.root}' lists them all",
+            f"'tdkstain check {layout.root}' lists them all (CycleGAN trains on unpaired folders: baseline.unpaired=true)",
             UserWarning,
             stacklevel=2,
         )
     return pairs
+
+
+def discover_unpaired(
+    root: str | os.PathLike,
+    *,
+    split: str,
+    manifest: str | os.PathLike | None = None,
+    allow_outside: bool = False,
+) -> tuple[list[Path], list[Path]]:
+    """The H&E files and the IHC files of one split, each side listed on its own.
+
+    For unpaired training (CycleGAN with ``baseline.unpaired``): stems need
+    not match, e.g. MIST-style ``trainA/a.png, b.png`` and ``trainB/x.png,
+    y.png``, or release-style ``train_HE/`` and ``train_IHC/`` with different
+    names. The layout is found as :func:`detect_layout` does; a manifest
+    gives the files of its rows. Both lists are sorted by file name.
+
+    Raises:
+        TdkstainError: the split has no H&E or no IHC image (naming the folder).
+    """
+    layout = detect_layout(root, manifest=manifest)
+    if layout.name == "manifest":
+        pairs = discover_pairs(root, split=split, manifest=manifest, allow_outside=allow_outside)
+        he_files, ihc_files = sorted({p.he for p in pairs}), sorted({p.ihc for p in pairs})
+        he_where = ihc_where = f"{layout.manifest} (split {split})"
+    else:
+        chosen = [(he_dir, ihc_dir) for s, he_dir, ihc_dir in layout.folders if s == split]
+        if not chosen:
+            raise TdkstainError(
+                f"{layout.root}: no split '{split}' in this {layout.name} layout (splits: {', '.join(layout.splits) or 'none'})"
+            )
+        he_dir, ihc_dir = chosen[0]
+        he_files, ihc_files = _image_files(he_dir), _image_files(ihc_dir)
+        he_where, ihc_where = str(he_dir), str(ihc_dir)
+    if not he_files:
+        raise TdkstainError(f"{he_where}: no H&E images ({', '.join(IMAGE_SUFFIXES)}) to train on")
+    if not ihc_files:
+        raise TdkstainError(f"{ihc_where}: no IHC images ({', '.join(IMAGE_SUFFIXES)}) to train on")
+    return he_files, ihc_files
 
 
 def check_dataset(

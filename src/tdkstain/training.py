@@ -40,7 +40,7 @@ from tdkstain import distributed
 from tdkstain.atomic import atomic_path, write_text_atomic
 from tdkstain.checkpoints import load_generator, save_network
 from tdkstain.config import Config, read_run_config
-from tdkstain.data import AlignedTiles, EpochBatchSampler, collate, split_pairs, tile_files
+from tdkstain.data import AlignedTiles, EpochBatchSampler, collate, split_pairs, split_unpaired, tile_files, training_tiles
 from tdkstain.errors import TdkstainError
 from tdkstain.objective import OBJECTIVES, NonFiniteLoss, Runtime, create_objective
 
@@ -88,7 +88,7 @@ def train(cfg: Config, out: str | os.PathLike, *, progress: bool = True) -> Trai
     stop = objective.total_steps if cfg.train.max_steps is None else min(objective.total_steps, cfg.train.max_steps)
     already_done = state.step > 0 and state.step == stop
     sampler.start_step = state.step
-    batches = iter(run.loader(AlignedTiles(train_files, cfg.data.crop, flip=cfg.data.flip, seed=cfg.train.seed), sampler))
+    batches = iter(run.loader(training_tiles(train_files, cfg.data.crop, flip=cfg.data.flip, seed=cfg.train.seed), sampler))
     log = Logger(run, start=state.step, stop=stop, progress=progress)
     last_val = None
     try:
@@ -346,6 +346,14 @@ class RunSetup:
 
     def data_files(self):
         cfg = self.cfg
+        if cfg.baseline.unpaired:  # H&E and IHC listed separately; only CycleGAN can learn from that
+            if cfg.method != "cyclegan":
+                raise TdkstainError(
+                    f"baseline.unpaired=true: method {cfg.method} learns from aligned pairs; only cyclegan trains on "
+                    "unpaired H&E and IHC (set baseline.unpaired=false, or method cyclegan)"
+                )
+            unpaired, val_pairs = split_unpaired(cfg.data.root, cfg.data.train_split, cfg.data.val_split, cfg.data.val_pairs)
+            return unpaired, tile_files(cfg.data.root, val_pairs, membrane=False, nuclei=False)
         train_pairs, val_pairs = split_pairs(cfg.data.root, cfg.data.train_split, cfg.data.val_split, cfg.data.val_pairs)
         needs = OBJECTIVES[cfg.method].needs(cfg)  # a zero-weight branch loads no maps
         train_files = tile_files(cfg.data.root, train_pairs, **needs, density_format=cfg.data.nuclei_density_format)

@@ -19,11 +19,14 @@ Per iteration, as the reference (G first, then D):
 The image pools (``baseline.pool_size``, crop-sized) live inside the
 discriminators (``image_pool`` buffers), so checkpoints carry them.
 
-``baseline.unpaired``: the method then never sees an aligned pair: each
-batch's H&E meets the IHC of the previous batch (other tiles, drawn at
-random by the sampler), kept in an ``ihc_history`` buffer of the IHC
-discriminator (the very first batch pairs each H&E with another sample of
-its own batch, when it has one).
+``baseline.unpaired``: the method then never sees an aligned pair. The
+data need not have pairs at all: H&E and IHC files are listed separately
+(``tdkstain.pairs.discover_unpaired``; stems need not match) and each H&E
+sample gets an independently drawn IHC tile (``tdkstain.data.UnpairedTiles``).
+On top, each batch's H&E meets the IHC of the previous batch, kept in an
+``ihc_history`` buffer of the IHC discriminator (the very first batch pairs
+each H&E with another sample of its own batch, when it has one), so even a
+paired dataset trains as an unpaired one.
 """
 
 from __future__ import annotations
