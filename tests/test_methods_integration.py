@@ -214,3 +214,26 @@ def test_methods_that_need_pairs_refuse_unpaired_folders(unpaired, tmp_path, cap
     assert "no 'train' pairs found" in capsys.readouterr().err
     assert _train("pix2pix", unpaired, tmp_path / "b", 1, "baseline.unpaired=true") == 2
     assert "only cyclegan trains on unpaired" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- 3. architecture check
+
+
+def test_resuming_with_other_baseline_network_settings_is_refused(paired, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train("pix2pix", paired, run, 1) == 0
+    assert _train("pix2pix", paired, run, 2, "baseline.norm=instance") == 2
+    err = capsys.readouterr().err
+    assert "holds a different architecture" in err and "baseline.norm: batch there, instance here" in err
+    assert _train("pix2pix", paired, run, 2, "loss.l1=50") == 0  # loss weights are not architecture
+
+    cyclegan = load_config("cyclegan", ["baseline.pool_size=3"])
+    check_same_architecture(cyclegan, load_config("cyclegan", ["baseline.pool_size=3", "baseline.cycle=5"]).to_dict(), "x")
+    for change, message in (("baseline.pool_size=4", "baseline.pool_size: 4 there, 3 here"),
+                            ("data.crop=128", "data.crop: 128 there, 1024 here"),
+                            ("baseline.unpaired=true", "baseline.unpaired: True there, False here")):
+        with pytest.raises(TdkstainError, match=message):
+            check_same_architecture(cyclegan, load_config("cyclegan", ["baseline.pool_size=3", change]).to_dict(), "x")
+    # TDKstain ignores the baseline section: changing it there is no architecture change.
+    tdkstain = load_config("tdkstain-paper")
+    check_same_architecture(tdkstain, load_config("tdkstain-paper", ["baseline.norm=batch"]).to_dict(), "x")

@@ -182,8 +182,36 @@ class Config(Section):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def architecture(self) -> dict[str, Any]:
-        """The part of the config a checkpoint's tensors depend on."""
-        return {"method": self.method, "model": self.model.model_dump(mode="json"), "has_estimator": self.loss.nuclei > 0}
+        """The part of the config a checkpoint's tensors depend on.
+
+        ``settings``: for a comparison method, the dotted settings outside
+        ``model`` that shape its networks or their buffers (``baseline.norm``
+        adds or drops batch-norm tensors, ``baseline.nce_dim`` sizes ASP's
+        projection heads, CycleGAN's image pools are ``data.crop`` sized, ...);
+        see :data:`ARCHITECTURE_SETTINGS`.
+        """
+        values = {
+            "baseline." + name: getattr(self.baseline, name) for name in ARCHITECTURE_SETTINGS.get(self.method, ()) if "." not in name
+        }
+        if self.method == "cyclegan":
+            values["data.crop"] = self.data.crop if self.baseline.pool_size > 0 else None  # image pool buffers
+            values["data.batch"] = self.data.batch if self.baseline.unpaired else None  # the IHC history buffer
+        return {
+            "method": self.method,
+            "model": self.model.model_dump(mode="json"),
+            "has_estimator": self.loss.nuclei > 0,
+            "settings": {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in values.items()},
+        }
+
+
+# method -> the baseline settings its networks' tensors depend on (Config.architecture): a
+# resumed run must keep them. pix2pixHD's networks take everything from ``model``.
+ARCHITECTURE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "pix2pix": ("norm", "dropout", "spectral_norm"),
+    "pyramidpix2pix": ("norm", "dropout", "spectral_norm"),
+    "cyclegan": ("norm", "spectral_norm", "pool_size", "unpaired"),
+    "asp": ("norm", "spectral_norm", "nce_layers", "nce_dim"),
+}
 
 
 def preset_names() -> list[str]:

@@ -213,6 +213,8 @@ def check_same_architecture(cfg: Config, saved: dict[str, Any], source: str) -> 
         diffs.append(f"method: {theirs['method']} there, {ours['method']} here")
     if ours["has_estimator"] != theirs["has_estimator"]:
         diffs.append("loss.nuclei: zero in one, non-zero in the other (estimator present or not)")
+    if ours["method"] == theirs["method"]:  # the baseline settings that shape the networks (Config.architecture)
+        diffs += [f"{k}: {theirs['settings'].get(k)} there, {v} here" for k, v in ours["settings"].items() if theirs["settings"].get(k) != v]
     if diffs:
         raise TdkstainError(
             f"{source}: this run folder holds a different architecture ({'; '.join(diffs)}); "
