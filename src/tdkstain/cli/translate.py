@@ -14,14 +14,14 @@ OUT/STEM.png for each. Images that fit in one tile go through the generator
 whole; larger ones are cut into overlapping tiles, normalised with
 instance-norm statistics that are consistent across tiles (--norm global,
 the default; 'tile' is the naive per-tile normalisation that shows seams)
-and blended. CHECKPOINT is a run folder of 'tdkstain train' (any method: TDKstain or a
-baseline), a tdkstain .safetensors weights file, or the authors'
-latest_net_G.pth. Generators without instance norm (pix2pix's U-Net,
-PyramidPix2pix's batch-norm ResNet) have nothing for --norm to make
-consistent: their tiles are stained once and blended, whatever --norm says;
+and blended. CHECKPOINT is a run folder of 'tdkstain train' (any method:
+TDKstain or a baseline), a tdkstain .safetensors weights file, or the
+authors' latest_net_G.pth. Generators without instance norm (pix2pix's
+U-Net, PyramidPix2pix's batch-norm ResNet) have nothing for --norm to make
+consistent: their tiles are stained once and blended, whatever --norm says.
 --tile and --overlap are rounded to what the generator takes (multiples of
-256 for unet_256). Existing
-outputs are skipped (rerun to continue an interrupted job) unless --force.
+256 for unet_256). Existing outputs are skipped (rerun to continue an
+interrupted job) unless --force.
 
 Example:
   tdkstain translate --checkpoint runs/her2 slides/crops/ extra.png --out stained/ \\
