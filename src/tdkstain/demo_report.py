@@ -219,8 +219,8 @@ def _reading(metrics: dict) -> str:
     text = f"TDKstain is best on: {', '.join(best) or 'none'}."
     if lost:
         text += (f" Not on: {', '.join(lost)}. A constant tile has no membrane at all, so it scores well on membrane "
-                 "masks wherever the real tiles have little membrane (HER2 0 and 1+, most of every tile); drawing "
-                 "membranes where they are takes far longer training (the paper preset) than this demo's budget.")
+                 "masks wherever the real tiles have little membrane (HER2 0 and 1+, most of every tile); within a CPU "
+                 "demo's budget the generator has not yet learnt to draw the membranes (see the grids above).")
     return html.escape(text)
 
 
