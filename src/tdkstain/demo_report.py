@@ -185,7 +185,7 @@ def _evaluation_rows(metrics: dict) -> list[list[str]]:
     return rows
 
 
-_NUMBER = re.compile(r"^-?[0-9][0-9.]*( s.*)?$")
+_NUMBER = re.compile(r"^-?[0-9]+(\.[0-9]+)?( s)?$")
 
 
 # (label, getter, lower is better) of the evaluation metrics read out under its table.
@@ -284,10 +284,10 @@ def write_report(facts: DemoFacts) -> Path:
     for i, step in enumerate(facts.steps, 1):
         seconds = step.get("seconds")
         when = "n/a" if seconds is None else f"{seconds:.1f} s"
-        if step.get("status") == "done before":
-            when += " (in an earlier run; skipped now)"
-        step_rows.append([f"{i}. {html.escape(step['title'])}", f"<code>{html.escape(step['command'])}</code>", when])
-    parts.append(_table(["step", "command", "time"], step_rows))
+        status = "earlier run" if step.get("status") == "done before" else "this run"
+        step_rows.append([f"{i}. {html.escape(step['title'])}", f"<code>{html.escape(step['command'])}</code>", when,
+                          status])
+    parts.append(_table(["step", "command", "time", "when"], step_rows))
     all_steps = sum(step.get("seconds") or 0.0 for step in facts.steps)
     parts.append(f"<p>The steps took {all_steps / 60:.1f} min in all; this run of <code>tdkstain demo</code> took "
                  f"{facts.total_seconds / 60:.1f} min (steps done in an earlier run are skipped: rerun it with the "
