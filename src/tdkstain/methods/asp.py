@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from tdkstain.methods.base import BaselineObjective, update
+from tdkstain.methods.base import BaselineObjective, discriminator_update, generator_log, update
 from tdkstain.methods.blocks import PatchDiscriminator, PatchSampleMLP, sequential_features, xavier_init
 from tdkstain.methods.losses import asp_weights, gauss_pyramid_l1, patch_nce, positive_logits
 from tdkstain.networks import ResnetGenerator
@@ -84,12 +84,7 @@ class ASPObjective(BaselineObjective):
         o = self.options
         with rt.autocast():
             fake = generator(he)
-            fake_scores = discriminator(fake.detach())
-            real_scores = discriminator(ihc)
-        d_fake = gan_loss([fake_scores], False, self.loss.gan)
-        d_real = gan_loss([real_scores], True, self.loss.gan)
-        d_total = 0.5 * (d_real + d_fake)
-        update("discriminator", d_total, {"real": d_real, "fake": d_fake}, [discriminator], [optimizers["discriminator"]], rt)
+        out = discriminator_update(discriminator, optimizers["discriminator"], ihc, fake.detach(), self.loss.gan, rt)
 
         terms: Terms = {}
         layers = list(o.nce_layers)
@@ -107,7 +102,4 @@ class ASPObjective(BaselineObjective):
                 terms["gaussian_pyramid"] = o.gaussian_pyramid * gauss_pyramid_l1(fake.float(), ihc, list(o.gaussian_pyramid_weights))
             total = sum(terms.values())
             update("generator", total, terms, [generator, projection], [optimizers["generator"], optimizers["projection"]], rt)
-        out = {"discriminator/real": d_real.detach(), "discriminator/fake": d_fake.detach(), "discriminator/loss": d_total.detach()}
-        out |= {f"generator/{k}": v.detach() for k, v in terms.items()}
-        out["generator/loss"] = total.detach()
-        return out
+        return out | generator_log(terms, total)

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from tdkstain.config import Config
-from tdkstain.objective import Batch, Nets, NonFiniteLoss, Optimizers, Runtime, Terms, _gradients_finite
+from tdkstain.objective import Batch, Nets, NonFiniteLoss, Optimizers, Runtime, Terms, _gradients_finite, gan_loss
 
-__all__ = ["BaselineObjective", "update"]
+__all__ = ["BaselineObjective", "discriminator_update", "generator_log", "update"]
 
 
 def update(phase: str, loss: torch.Tensor, terms: Terms, nets: list[nn.Module], optimizers: list[torch.optim.Optimizer], rt: Runtime) -> bool:
@@ -55,6 +55,36 @@ def update(phase: str, loss: torch.Tensor, terms: Terms, nets: list[nn.Module], 
     if rt.scaler is not None:
         rt.scaler.update()
     return True
+
+
+def discriminator_update(discriminator: nn.Module, optimizer: torch.optim.Optimizer, real_input: torch.Tensor,
+                         fake_input: torch.Tensor, gan: str, rt: Runtime, *, name: str = "discriminator",
+                         score: nn.Module | None = None) -> Terms:
+    """One discriminator update, ``0.5 * (GAN(D(real), 1) + GAN(D(fake), 0))`` as pix2pix, pix2pixHD and CUT do.
+
+    ``fake_input`` must already be detached from the generator. Fake is scored
+    first, then real: pix2pix's order, which batch-norm running statistics see.
+    Single-scale discriminators (one tensor) and multi-scale ones (a list) both work.
+    ``score`` is the part of ``discriminator`` that scores images, when the
+    updated module holds more (CycleGAN's discriminator with its image pool).
+    Returns the logged terms ``NAME/{real,fake,loss}``, detached.
+    """
+    score = score or discriminator
+    with rt.autocast():
+        fake_scores = score(fake_input)
+        real_scores = score(real_input)
+    d_fake = gan_loss(fake_scores if isinstance(fake_scores, list) else [fake_scores], False, gan)
+    d_real = gan_loss(real_scores if isinstance(real_scores, list) else [real_scores], True, gan)
+    d_total = 0.5 * (d_real + d_fake)
+    update(name, d_total, {"real": d_real, "fake": d_fake}, [discriminator], [optimizer], rt)
+    return {f"{name}/real": d_real.detach(), f"{name}/fake": d_fake.detach(), f"{name}/loss": d_total.detach()}
+
+
+def generator_log(terms: Terms, total: torch.Tensor) -> Terms:
+    """The generator phase's logged terms: ``generator/<term>`` and ``generator/loss``, detached."""
+    out = {f"generator/{k}": v.detach() for k, v in terms.items()}
+    out["generator/loss"] = total.detach()
+    return out
 
 
 class BaselineObjective:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tdkstain.methods.base import BaselineObjective, update
+from tdkstain.methods.base import BaselineObjective, discriminator_update, generator_log, update
 from tdkstain.methods.blocks import ImagePool, PatchDiscriminator
 from tdkstain.networks import ResnetGenerator
 from tdkstain.objective import Batch, Nets, Optimizers, Runtime, Terms, frozen, gan_loss
@@ -112,15 +112,9 @@ class CycleGANObjective(BaselineObjective):
             terms |= cycle_terms(x, y, reconstructed_x, reconstructed_y, identity_x, identity_y, o.cycle, o.identity)
             total = sum(terms.values())
             update("generator", total, terms, [g, f], [optimizers["generator"], optimizers["generator_ihc_to_he"]], rt)
-        out = {f"generator/{k}": v.detach() for k, v in terms.items()}
-        out["generator/loss"] = total.detach()
+        out = generator_log(terms, total)
 
         for name, d, real, fake in (("discriminator", d_ihc, y, fake_ihc), ("discriminator_he", d_he, x, fake_he)):
             pooled = d.image_pool.query(fake.detach())
-            with rt.autocast():
-                real_term = gan_loss([d.model(real)], True, self.loss.gan)
-                fake_term = gan_loss([d.model(pooled)], False, self.loss.gan)
-            d_total = 0.5 * (real_term + fake_term)
-            update(name, d_total, {"real": real_term, "fake": fake_term}, [d], [optimizers[name]], rt)
-            out |= {f"{name}/real": real_term.detach(), f"{name}/fake": fake_term.detach(), f"{name}/loss": d_total.detach()}
+            out |= discriminator_update(d, optimizers[name], real, pooled, self.loss.gan, rt, name=name, score=d.model)
         return out

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from tdkstain.errors import TdkstainError
-from tdkstain.methods.base import BaselineObjective, update
+from tdkstain.methods.base import BaselineObjective, discriminator_update, generator_log, update
 from tdkstain.methods.blocks import PatchDiscriminator, Pix2pixResnetGenerator, UnetGenerator
 from tdkstain.methods.losses import bci_pyramid_l1
 from tdkstain.objective import Batch, Nets, Optimizers, Runtime, Terms, frozen, gan_loss
@@ -63,13 +63,8 @@ class Pix2pixObjective(BaselineObjective):
         he, ihc = batch["he"], batch["ihc"]
         with rt.autocast():
             fake = generator(he)
-            # Fake first, then real: pix2pix's order (batch-norm running statistics see them so).
-            fake_scores = discriminator(torch.cat([he, fake.detach()], 1))
-            real_scores = discriminator(torch.cat([he, ihc], 1))
-        d_real = gan_loss([real_scores], True, self.loss.gan)
-        d_fake = gan_loss([fake_scores], False, self.loss.gan)
-        d_total = 0.5 * (d_real + d_fake)
-        update("discriminator", d_total, {"real": d_real, "fake": d_fake}, [discriminator], [optimizers["discriminator"]], rt)
+        out = discriminator_update(discriminator, optimizers["discriminator"], torch.cat([he, ihc], 1),
+                                   torch.cat([he, fake.detach()], 1), self.loss.gan, rt)
 
         terms: Terms = {}
         with frozen(discriminator):
@@ -80,10 +75,7 @@ class Pix2pixObjective(BaselineObjective):
             terms |= self.extra_terms(fake.float(), ihc)
             total = sum(terms.values())
             update("generator", total, terms, [generator], [optimizers["generator"]], rt)
-        out = {"discriminator/real": d_real.detach(), "discriminator/fake": d_fake.detach(), "discriminator/loss": d_total.detach()}
-        out |= {f"generator/{k}": v.detach() for k, v in terms.items()}
-        out["generator/loss"] = total.detach()
-        return out
+        return out | generator_log(terms, total)
 
 
 class PyramidPix2pixObjective(Pix2pixObjective):

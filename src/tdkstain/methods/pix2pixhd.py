@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from tdkstain.errors import TdkstainError
-from tdkstain.methods.base import BaselineObjective, update
+from tdkstain.methods.base import BaselineObjective, discriminator_update, generator_log, update
 from tdkstain.methods.blocks import VGG19Features
 from tdkstain.methods.losses import feature_matching, vgg_perceptual
 from tdkstain.networks import MultiscaleDiscriminator, ResnetGenerator
@@ -95,12 +95,8 @@ class Pix2pixHDObjective(BaselineObjective):
         he, ihc = batch["he"], batch["ihc"]
         with rt.autocast():
             fake = generator(he)
-            fake_scores = discriminator(torch.cat([he, fake.detach()], 1))
-            real_scores = discriminator(torch.cat([he, ihc], 1))
-        d_fake = gan_loss(fake_scores, False, self.loss.gan)
-        d_real = gan_loss(real_scores, True, self.loss.gan)
-        d_total = 0.5 * (d_real + d_fake)
-        update("discriminator", d_total, {"real": d_real, "fake": d_fake}, [discriminator], [optimizers["discriminator"]], rt)
+        out = discriminator_update(discriminator, optimizers["discriminator"], torch.cat([he, ihc], 1),
+                                   torch.cat([he, fake.detach()], 1), self.loss.gan, rt)
 
         terms: Terms = {}
         with frozen(discriminator):
@@ -119,7 +115,4 @@ class Pix2pixHDObjective(BaselineObjective):
                     terms["vgg"] = self.options.vgg * vgg_perceptual(self.vgg(fake), real_vgg)
             total = sum(terms.values())
             update("generator", total, terms, [generator], [optimizers["generator"]], rt)
-        out = {"discriminator/real": d_real.detach(), "discriminator/fake": d_fake.detach(), "discriminator/loss": d_total.detach()}
-        out |= {f"generator/{k}": v.detach() for k, v in terms.items()}
-        out["generator/loss"] = total.detach()
-        return out
+        return out | generator_log(terms, total)
