@@ -80,7 +80,7 @@ def images_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """``(N, H, W, 3)`` uint8 numpy / ``(N, 3, H, W)`` uint8 tensor (or one image) -> ``(N, 3, H, W)`` uint8 tensor."""
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8:
-            raise TdkstainError(f"Inception features need uint8 images (0..255), got dtype {images.dtype}")
+            raise TdkstainError(f"expected uint8 images (0..255), got dtype {images.dtype}")
         if images.ndim == 3:
             images = images[None]
         if images.ndim != 4 or images.shape[3] != 3:
@@ -88,7 +88,7 @@ def images_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
     if isinstance(images, torch.Tensor):
         if images.dtype != torch.uint8:
-            raise TdkstainError(f"Inception features need uint8 images (0..255), got dtype {images.dtype}")
+            raise TdkstainError(f"expected uint8 images (0..255), got dtype {images.dtype}")
         if images.ndim == 3:
             images = images[None]
         if images.ndim != 4 or images.shape[1] != 3:

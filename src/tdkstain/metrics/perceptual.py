@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tdkstain.errors import TdkstainError
+from tdkstain.metrics.inception import images_to_tensor
 from tdkstain.metrics.runtime import exact_float32, resolve_device
 from tdkstain.metrics.weights import MetricUnavailable, WeightFile, find_weights
 
@@ -133,17 +134,7 @@ def _load_backbone(features: nn.Sequential, weight_file: WeightFile) -> None:
 
 def images_to_unit_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """``(H, W, 3)`` / ``(N, H, W, 3)`` uint8 numpy, or an ``(N, 3, H, W)`` uint8 tensor -> ``(N, 3, H, W)`` float32 in [0, 1]."""
-    if isinstance(images, np.ndarray):
-        if images.dtype != np.uint8:
-            raise TdkstainError(f"expected uint8 images (0..255), got dtype {images.dtype}")
-        if images.ndim == 3:
-            images = images[None]
-        if images.ndim != 4 or images.shape[3] != 3:
-            raise TdkstainError(f"expected (N, H, W, 3) uint8 RGB images, got shape {images.shape}")
-        images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-        raise TdkstainError("expected an (N, 3, H, W) uint8 tensor")
-    return images.float() / 255.0
+    return images_to_tensor(images).float() / 255.0
 
 
 class _PerceptualMetric(nn.Module):
