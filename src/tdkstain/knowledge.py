@@ -584,11 +584,12 @@ def extract_tile(ihc: np.ndarray, params: ExtractionParams | None = None) -> Til
     params.validate()
     ihc = _check_ihc(ihc)
     membrane = membrane_mask(ihc, params.membrane)
-    centroids = detect_nuclei(ihc, params.nuclei, dab_mask=membrane)
+    nuclei = nuclei_mask(ihc, params.nuclei)  # once: detect_nuclei reuses it
+    centroids = detect_nuclei(ihc, params.nuclei, dab_mask=membrane, mask=nuclei)
     return TileKnowledge(
         dab_rgb=stain.dab_rgb(ihc),
         membrane_mask=membrane,
-        nuclei_mask=nuclei_mask(ihc, params.nuclei),
+        nuclei_mask=nuclei,
         centroids=np.asarray(centroids, dtype=np.float64).reshape(-1, 2),
         density=density_map(centroids, ihc.shape[:2], params.density_sigma, params.density_normalise),
     )

@@ -351,19 +351,23 @@ def nuclei_mask(ihc: np.ndarray, params: NucleiParams | None = None) -> np.ndarr
 # ---------------------------------------------------------------------------
 
 
-def _classical_instances(ihc: np.ndarray, mask: np.ndarray, params: NucleiParams) -> np.ndarray:
-    """Split the mask into nuclei: (H, W) int32 labels, 0 = background."""
-    from skimage.filters import gaussian
-    from skimage.morphology import h_maxima
-    from skimage.segmentation import watershed
+def _classical_relief(
+    ihc: np.ndarray, mask: np.ndarray, params: NucleiParams, hematoxylin: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The relief the classical backend seeds and floods, and its integer levels.
 
-    if not mask.any():
-        return np.zeros(mask.shape, np.int32)
-    components, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    ihc: (H, W, 3) uint8; mask: (H, W) bool, not empty; hematoxylin: optional
+    (H, W) float64 ``hematoxylin_od(ihc)`` already computed by the caller.
+    Returns ((H, W) float64 relief, 0 outside the mask; (H, W) int32 levels =
+    relief in 1/16 px steps; h, the seed prominence in those steps).
+    """
+    from skimage.filters import gaussian
+
     distance = ndimage.distance_transform_edt(mask)
     # Relief = distance to the mask edge plus a little haematoxylin: a
     # nucleus is round and darkest at its centre, so both peak there.
-    hematoxylin = hematoxylin_od(ihc)
+    if hematoxylin is None:
+        hematoxylin = hematoxylin_od(ihc)
     inside = hematoxylin[mask]
     low, high = np.percentile(inside, [1, 99])
     darkness = np.clip((hematoxylin - low) / max(high - low, 1e-12), 0, 1)
@@ -377,7 +381,18 @@ def _classical_instances(ihc: np.ndarray, mask: np.ndarray, params: NucleiParams
     prominence = params.px(params.peak_prominence_um)
     # On integers (1/16 px steps) h_maxima runs several times faster than on floats.
     levels = np.round(relief * 16).astype(np.int32)
-    seeds = h_maxima(levels, max(1, int(round(prominence * 16)))).astype(bool) & mask
+    return relief, levels, max(1, int(round(prominence * 16)))
+
+
+def _watershed_from_seeds(relief: np.ndarray, mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Watershed of ``-relief`` in ``mask`` from ``seeds`` ((H, W) bool), one more seed per unseeded component.
+
+    Returns (H, W) int32 labels, 0 = background.
+    """
+    from skimage.segmentation import watershed
+
+    components, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    seeds = seeds & mask
     markers, n_seeds = ndimage.label(seeds, structure=np.ones((3, 3), bool))
     markers = markers.astype(np.int32)
     # Every component gets at least one seed: its deepest pixel.
@@ -391,6 +406,21 @@ def _classical_instances(ihc: np.ndarray, mask: np.ndarray, params: NucleiParams
                 markers[position] = next_label
                 next_label += 1
     return watershed(-relief, markers, mask=mask).astype(np.int32)
+
+
+def _classical_instances(ihc: np.ndarray, mask: np.ndarray, params: NucleiParams) -> np.ndarray:
+    """Split the mask into nuclei: (H, W) int32 labels, 0 = background.
+
+    Relief (``_classical_relief``), seeds = ``skimage.morphology.h_maxima`` of its
+    levels, watershed (``_watershed_from_seeds``). ``extraction.fast`` runs the
+    same steps with an exact, faster h-maxima.
+    """
+    from skimage.morphology import h_maxima
+
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32)
+    relief, levels, h = _classical_relief(ihc, mask, params)
+    return _watershed_from_seeds(relief, mask, h_maxima(levels, h).astype(bool))
 
 
 def _region_centroids(labels: np.ndarray, params: NucleiParams, apply_size_window: bool = True) -> np.ndarray:
@@ -413,17 +443,27 @@ def detect_nuclei(
     ihc: np.ndarray,
     params: NucleiParams | None = None,
     dab_mask: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """Nuclei centroids of an IHC tile.
 
     ihc: (H, W, 3) uint8 RGB. dab_mask: optional (H, W) membrane mask (bool, or
     uint8 0..255, or float 0..1; > half counts), used by the cellpose backend
     only (the release runs 'cyto2' on it); computed from ``ihc`` with the
-    release's recipe when omitted. Returns (N, 2) float64 (row, col) pixels.
+    release's recipe when omitted. mask: optional (H, W) bool
+    ``nuclei_mask(ihc, params)`` the caller already has (``knowledge.extract_tile``
+    keeps it), so it is not computed twice. Returns (N, 2) float64 (row, col) pixels.
     """
     params = params or NucleiParams()
     params.validate()
-    mask = nuclei_mask(ihc, params)
+    if mask is None:
+        mask = nuclei_mask(ihc, params)
+    else:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != np.asarray(ihc).shape[:2]:
+            raise TdkstainError(
+                f"nuclei mask has shape {mask.shape}, the IHC tile {np.asarray(ihc).shape[:2]}: they must match"
+            )
     if params.backend == "classical":
         return _region_centroids(_classical_instances(ihc, mask, params), params)
     return _cellpose_centroids(ihc, mask, dab_mask, params)
