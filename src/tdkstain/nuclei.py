@@ -233,12 +233,14 @@ def _remove_small_holes(mask: np.ndarray, area_threshold: int, connectivity: int
     return remove_small_holes(mask, area_threshold=area_threshold, connectivity=connectivity)
 
 
-def _release_mask(ihc: np.ndarray, params: NucleiParams) -> np.ndarray:
+def _release_mask(ihc: np.ndarray, params: NucleiParams, hematoxylin: np.ndarray | None = None) -> np.ndarray:
+    """hematoxylin: optional (H, W) ``hematoxylin_od(ihc)`` the caller already computed."""
     from skimage.exposure import rescale_intensity
     from skimage.filters import threshold_otsu
     from skimage.morphology import dilation, disk
 
-    hematoxylin = hematoxylin_od(ihc)
+    if hematoxylin is None:
+        hematoxylin = hematoxylin_od(ihc)
     low = float(hematoxylin.min())
     high = float(np.percentile(hematoxylin, params.release_percentile))
     if not high > low:
@@ -256,11 +258,14 @@ def _disk_area_px(diameter_um: float, params: NucleiParams) -> float:
     return float(np.pi * (params.px(diameter_um) / 2.0) ** 2)
 
 
-def _adaptive_mask(ihc: np.ndarray, params: NucleiParams) -> np.ndarray:
+def _adaptive_mask(
+    ihc: np.ndarray, params: NucleiParams, balanced: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
+    """balanced: optional ``_white_balanced_hematoxylin(ihc, params)`` the caller already computed."""
     from skimage.filters import gaussian, threshold_otsu
     from skimage.morphology import disk
 
-    hematoxylin, od_sum = _white_balanced_hematoxylin(ihc, params)
+    hematoxylin, od_sum = balanced if balanced is not None else _white_balanced_hematoxylin(ihc, params)
     sigma = params.px(params.smooth_um)
     if sigma > 0:
         hematoxylin = gaussian(hematoxylin, sigma=sigma, preserve_range=True)
