@@ -37,6 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tdkstain import distributed
+from tdkstain.allocator import keep_freed_memory
 from tdkstain.atomic import atomic_path, write_text_atomic
 from tdkstain.checkpoints import load_generator, save_network
 from tdkstain.config import Config, read_run_config
@@ -325,6 +326,8 @@ class RunSetup:
         device = select_device(cfg.train.device, dist_info.local_rank)
         if cfg.train.threads is not None:
             torch.set_num_threads(cfg.train.threads)
+        if device.type == "cpu" and cfg.train.keep_freed_memory:
+            keep_freed_memory()
         if cfg.train.deterministic:
             # cuBLAS needs this to be deterministic; harmless elsewhere.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
