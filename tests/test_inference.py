@@ -7,6 +7,8 @@ known arrays.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -384,3 +386,44 @@ def test_default_mode_has_fewer_seams_than_naive_tiling_on_real_he(shared_dir):
     default_score = seam_score(default.stain_image(he), 0, grid=default.grid(256, 256))
     assert default_score < naive_score
     assert abs(default_score - 1) < 0.1
+
+
+# --------------------------------------------------------------------------- torch.compile path
+
+
+@pytest.mark.slow
+def test_compiled_staining_equals_eager_in_every_norm_mode():
+    """compile=True gives the eager result (within float32 reordering) for own, global and kernel statistics."""
+    torch.manual_seed(0)
+    generator = ResnetGenerator(ngf=4, n_blocks=1, n_downsampling=2)
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, size=(56, 72, 3), dtype=np.uint8)
+    for norm in ("tile", "global", "kernel"):
+        eager = Stainer(generator, device="cpu", tile=32, overlap=8, batch=2, norm=norm)
+        compiled = Stainer(generator, device="cpu", tile=32, overlap=8, batch=2, norm=norm, compile=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a silent fallback to eager would pass the comparison
+            got = compiled.stain_image(image, as_float=True)
+        want = eager.stain_image(image, as_float=True)
+        assert compiled._compile_error is None
+        np.testing.assert_allclose(got, want, atol=2e-3, err_msg=norm)
+        # the statistics are inputs of the compiled graph, not constants: other statistics, other output
+        other = compiled.stain_image(255 - image, as_float=True)
+        np.testing.assert_allclose(other, eager.stain_image(255 - image, as_float=True), atol=2e-3, err_msg=norm)
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
+    torch.manual_seed(0)
+    generator = ResnetGenerator(ngf=4, n_blocks=1, n_downsampling=2)
+    tiles = [np.random.default_rng(0).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    stainer = Stainer(generator, device="cpu", tile=32, overlap=0, norm="tile", compile=True)
+    with pytest.warns(UserWarning, match="no C\\+\\+ compiler found.*eagerly"):
+        got = stainer.stain_tiles(tiles)
+    want = Stainer(generator, device="cpu", tile=32, overlap=0, norm="tile").stain_tiles(tiles)
+    np.testing.assert_array_equal(got[0], want[0])
+    assert stainer._compile_error is not None

@@ -62,6 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--batch", type=int, default=4, help="tiles per forward pass (default 4)")
     engine.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)")
     engine.add_argument(
+        "--compile", action="store_true",
+        help="run the generator through torch.compile (inductor): about 1.4x faster on CPU after a one-off "
+        "compilation of about a minute per tile shape; worth it for slides and big folders (default: eager)",
+    )
+    engine.add_argument(
         "--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
         help="fp32, or bf16/fp16 autocast (fp16 on CUDA only) (default fp32)",
     )
@@ -110,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         kernel_radius=args.kernel_radius,
         stat_passes=args.stat_passes,
         stat_tiles=args.stat_tiles,
+        compile=args.compile,
         fit_tiles=True,  # pix2pix's U-Net needs multiples of 256: round --tile/--overlap instead of refusing
     )
     model_mpp = card.get("mpp")

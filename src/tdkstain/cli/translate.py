@@ -58,6 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kernel-radius", type=int, default=1, help="neighbourhood half-width in tiles for --norm kernel (default: 1)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
     parser.add_argument(
+        "--compile", action="store_true",
+        help="run the generator through torch.compile (inductor): about 1.4x faster on CPU after a one-off "
+        "compilation of about a minute per tile shape; worth it for slides and big folders (default: eager)",
+    )
+    parser.add_argument(
         "--precision",
         choices=("fp32", "bf16", "fp16"),
         default="fp32",
@@ -136,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         norm=args.norm,
         kernel_radius=args.kernel_radius,
         stat_tiles=args.stat_tiles,
+        compile=args.compile,
         fit_tiles=True,
     )
     kwargs = card.get("kwargs", {})
