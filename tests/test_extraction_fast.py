@@ -6,6 +6,8 @@ engine promises the same files on disk, not close ones.
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -205,3 +207,37 @@ def test_engine_refuses_cellpose_and_bad_input():
         extract_tiles_torch([np.zeros((32, 32, 3), np.float32)])
     with pytest.raises(TdkstainError, match="engine"):
         extract_tiles([], engine="gpu")
+
+
+# --------------------------------------------------------------------------- tdkstain extract --engine
+
+
+def test_extract_command_writes_identical_files_with_either_engine(tmp_path, capsys):
+    from tdkstain.cli import main
+    from tdkstain.synth import write_dataset
+
+    source = tmp_path / "source"
+    write_dataset(source, 4, size=128, seed=5)
+    outputs = {}
+    for engine in ("numpy", "torch"):
+        root = tmp_path / engine
+        shutil.copytree(source, root)
+        assert main(["extract", str(root), "--engine", engine, "--quiet", "--no-report", "--overlays"]) == 0
+        files = sorted(p for p in root.rglob("*") if p.is_file() and "_IHC_" in p.parent.name)
+        outputs[engine] = {str(p.relative_to(root)): p.read_bytes() for p in files}
+    capsys.readouterr()
+    assert len(outputs["numpy"]) == 4 * 5  # dab, mask, density, csv, overlay per tile
+    assert outputs["numpy"] == outputs["torch"]
+    # A dataset extracted by one engine is up to date for the other: the engine is not a parameter.
+    assert main(["extract", str(tmp_path / "torch"), "--engine", "numpy", "--quiet", "--no-report"]) == 0
+    assert "0 extracted, 4 up to date" in capsys.readouterr().out
+
+
+def test_extract_command_refuses_torch_with_cellpose(tmp_path, capsys):
+    from tdkstain.cli import main
+    from tdkstain.synth import write_dataset
+
+    write_dataset(tmp_path / "data", 2, size=64, seed=1)
+    code = main(["extract", str(tmp_path / "data"), "--engine", "torch", "--nuclei-backend", "cellpose", "--quiet"])
+    assert code == 2
+    assert "--engine numpy" in capsys.readouterr().err

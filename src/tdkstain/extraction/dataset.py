@@ -51,6 +51,7 @@ class _TileTask:
     centroids: str
     overlay: str | None
     force: bool
+    engine: str = "torch"  # "torch" (extraction.fast) or "numpy" (knowledge.extract_tile): same outputs
 
 
 # --------------------------------------------------------------------------- one tile (runs in workers)
@@ -59,6 +60,7 @@ class _TileTask:
 def _process_tile(task: _TileTask, params: Any) -> TileResult:
     """Extract (or reuse) one tile's knowledge; never raises for a bad tile, returns status 'bad'."""
     from tdkstain import images, knowledge
+    from tdkstain.extraction import fast
 
     def bad(message: str) -> TileResult:
         return TileResult(task.split, task.stem, task.label, task.ihc, "bad", error=message)
@@ -88,7 +90,10 @@ def _process_tile(task: _TileTask, params: Any) -> TileResult:
 
     if status == "extracted":
         try:
-            tile = knowledge.extract_tile(ihc, params)
+            if task.engine == "torch":
+                tile = fast.extract_tiles_torch([ihc], params)[0]
+            else:
+                tile = knowledge.extract_tile(ihc, params)
         except TdkstainError as err:
             return bad(f"{ihc_path}: {err}")
         except (ValueError, ArithmeticError) as err:
@@ -108,7 +113,8 @@ def _process_tile(task: _TileTask, params: Any) -> TileResult:
         # very same centroid values (report, overlays).
         centroids = parse_centroids_csv(centroid_text)
 
-    tissue = knowledge.tissue_mask(ihc)
+    # Bit-identical either way; the torch engine's version reuses its per-value tables.
+    tissue = fast.tissue_mask(ihc) if task.engine == "torch" else knowledge.tissue_mask(ihc)
     fraction = float(knowledge.stained_fraction(membrane_mask, tissue))
 
     if task.overlay is not None:
@@ -130,8 +136,13 @@ def _process_tile(task: _TileTask, params: Any) -> TileResult:
 
 
 def _process_chunk(chunk: list[tuple[int, _TileTask]], params_dict: dict) -> list[tuple[int, TileResult]]:
+    import torch
+
     from tdkstain.knowledge import ExtractionParams
 
+    # The pool already keeps every core busy with one tile per worker; torch's own
+    # threads on top would fight them (spinning threads on a busy core run 10x slower).
+    torch.set_num_threads(1)
     params = ExtractionParams.from_dict(params_dict)
     return [(index, _process_tile(task, params)) for index, task in chunk]
 
@@ -192,7 +203,9 @@ def _is_under(path: str | os.PathLike, root: str | os.PathLike) -> bool:
 # --------------------------------------------------------------------------- the dataset run
 
 
-def _make_tasks(root: Path, pairs: Sequence[Any], params: Any, force: bool, overlays: bool) -> list[_TileTask]:
+def _make_tasks(
+    root: Path, pairs: Sequence[Any], params: Any, force: bool, overlays: bool, engine: str = "torch"
+) -> list[_TileTask]:
     from tdkstain.pairs import knowledge_paths
 
     tasks = []
@@ -218,9 +231,27 @@ def _make_tasks(root: Path, pairs: Sequence[Any], params: Any, force: bool, over
                 centroids=str(paths.nuclei_csv),
                 overlay=overlay,
                 force=force,
+                engine=engine,
             )
         )
     return tasks
+
+
+def _choose_engine(engine: str | None, params: Any) -> str:
+    """The extraction engine: the one asked for, else torch (numpy for the cellpose backend)."""
+    from tdkstain.extraction.fast import ENGINES
+
+    cellpose = params.nuclei.backend == "cellpose"
+    if engine is None:
+        return "numpy" if cellpose else "torch"
+    if engine not in ENGINES:
+        raise TdkstainError(f"extraction engine {engine!r} is unknown: use one of {', '.join(ENGINES)}")
+    if engine == "torch" and cellpose:
+        raise TdkstainError(
+            "the torch extraction engine runs the classical nuclei backend only; "
+            "use --engine numpy with --nuclei-backend cellpose (or leave --engine out)"
+        )
+    return engine
 
 
 def _output_dirs(tasks: Iterable[_TileTask]) -> list[Path]:
@@ -299,6 +330,7 @@ def extract_dataset(
     skip_bad: bool = False,
     calibrate_sample: int | None = None,
     report: bool = True,
+    engine: str | None = None,
 ) -> ExtractionSummary:
     """Extract the knowledge maps of every IHC tile of a dataset (see the module docstring).
 
@@ -320,9 +352,14 @@ def extract_dataset(
         calibrate_sample: fit the membrane threshold on this many tiles first
             (``knowledge.calibrate_membrane``) and extract with it.
         report: write the quality report ``ROOT/extraction_report/``.
+        engine: "torch" (``extraction.fast``, faster on the CPU) or "numpy"
+            (``knowledge.extract_tile``); both write identical files, so the engine is
+            not part of ``extraction.json`` and a run may resume with the other. None:
+            torch, or numpy for the cellpose nuclei backend, which torch does not run.
 
     Raises:
-        TdkstainError: no pairs; parameters differ from ``extraction.json``
+        TdkstainError: no pairs; an unknown engine, or torch with the cellpose backend;
+            parameters differ from ``extraction.json``
             without ``force``; knowledge maps of unknown origin exist without
             ``force``; bad tiles without ``skip_bad`` (all named, after the
             good tiles are written).
@@ -337,6 +374,7 @@ def extract_dataset(
     if workers < 1:
         raise TdkstainError(f"workers must be at least 1, got {workers}")
     params = ExtractionParams() if params is None else params
+    engine = _choose_engine(engine, params)
 
     pairs = []
     for split in splits or [None]:
@@ -358,7 +396,7 @@ def extract_dataset(
         calibration = previous["calibration"]  # resuming with the fitted threshold: keep its record
     params_dict = json.loads(json.dumps(params.to_dict()))  # normalise tuples etc. as stored
 
-    tasks = _make_tasks(root, pairs, params, force, overlays)
+    tasks = _make_tasks(root, pairs, params, force, overlays, engine)
     if previous is not None and previous["params"] != params_dict and not force:
         diff = "; ".join(_differences(previous["params"], params_dict))
         raise TdkstainError(
@@ -367,7 +405,7 @@ def extract_dataset(
         )
     if previous is not None and previous["params"] != params_dict:
         force = True  # new parameters: nothing old may stay
-        tasks = _make_tasks(root, pairs, params, force, overlays)
+        tasks = _make_tasks(root, pairs, params, force, overlays, engine)
     if previous is None and not force:
         foreign = next(
             (t for t in tasks if any(Path(p).exists() for p in (t.dab, t.dab_mask, t.density, t.centroids))), None

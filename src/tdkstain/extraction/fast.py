@@ -93,25 +93,97 @@ def h_maxima_torch(levels: np.ndarray | torch.Tensor, h: int, device: str | torc
     if array.ndim != 3 or array.shape[1] == 0 or array.shape[2] == 0:
         raise TdkstainError(f"h_maxima_torch: expected an (H, W) or (B, H, W) image, got shape {levels.shape}")
     h = int(h)
-    flat = array.reshape(len(array), -1)
-    low, high = flat.min(axis=1).astype(np.int64), flat.max(axis=1).astype(np.int64)
-    # Shift each image so its minimum is 0: float32 then holds it exactly if its range allows.
-    span = int((high - low).max()) + h
-    dtype = torch.float32 if span < _FLOAT32_EXACT else torch.float64
-    shifted = torch.as_tensor(array.astype(np.int64) - low[:, None, None]).to(device=device, dtype=dtype)
-    top = torch.as_tensor(high - low, device=device, dtype=dtype).view(-1, 1, 1)
-
-    wall = torch.full_like(shifted, float("-inf"))
-    inside = shifted > 0
-    ceiling = torch.where(inside, shifted, wall)
-    rec = torch.where(inside, shifted - h, wall)
-    rec = _reconstruct_by_dilation(rec, ceiling)
-    high_enough = shifted >= h  # f(p) - h >= min(f): the wall does not change the answer
-    marked = torch.where(high_enough, shifted - rec >= h, shifted == top)
-    # scikit-image returns nothing when h exceeds the image's range.
-    marked &= (top >= h)
-    out = marked.cpu().numpy()
+    out = np.zeros(array.shape, bool)
+    crops: list[tuple[int, tuple[slice, slice], np.ndarray, np.ndarray]] = []
+    for index, image in enumerate(array):
+        crops += [(index, *crop[1:]) for crop in _mark_simple_maxima(image.astype(np.int64), h, out[index])]
+    if crops:
+        _mark_by_reconstruction(crops, h, out, torch.device(device))
     return out[0] if single else out
+
+
+def _mark_simple_maxima(
+    image: np.ndarray, h: int, out: np.ndarray
+) -> list[tuple[int, tuple[slice, slice], np.ndarray, np.ndarray]]:
+    """Mark in ``out`` what needs no reconstruction; return the components that do.
+
+    image: (H, W) int64; out: (H, W) bool, written in place. With b = min(image):
+    a pixel below b + h is marked iff it is a global maximum (see the module
+    docstring); in a component of ``image > b`` the pixels at the component's
+    maximum are marked (nothing higher is reachable inside it) when at least
+    b + h; and a pixel below its component's maximum can be marked only if it is
+    a local maximum (no higher 8-neighbour). Components holding such a pixel
+    are returned as crops (bounding box, pixels of other components and the
+    background -inf walls) for ``_mark_by_reconstruction``.
+    Returns [(image index placeholder 0, (rows, cols) slices, (h, w) int64 crop of
+    image - b, (h, w) bool component mask)].
+    """
+    low, high = int(image.min()), int(image.max())
+    if high - low < h:
+        return []  # scikit-image returns no maxima when h exceeds the range
+    # Heights above the minimum, in the narrowest integer type that holds them (faster maxima).
+    values = (image - low).astype(np.int32 if high - low < 2**31 - 1 else np.int64)
+    top = high - low
+    out |= (values == top) & (values < h)
+    above = values > 0
+    labels, count = ndimage.label(above, structure=np.ones((3, 3), bool))
+    if count == 0:
+        return []
+    peak = np.zeros(count + 1, values.dtype)
+    np.maximum.at(peak, labels[above], values[above])
+    component_peak = peak[labels]
+    out |= above & (values == component_peak) & (values >= h)
+    # Largest 8-neighbour (or the pixel itself): padding with 0 = the minimum changes no comparison.
+    padded = np.pad(values, 1)
+    rows = np.maximum(np.maximum(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:])
+    neighbourhood = np.maximum(np.maximum(rows[:-2], rows[1:-1]), rows[2:])
+    pending = above & (values == neighbourhood) & (values < component_peak) & (values >= h)
+    boxes = ndimage.find_objects(labels)
+    crops = []
+    for label in np.unique(labels[pending]):
+        box = boxes[label - 1]
+        crops.append((0, box, values[box], labels[box] == label))
+    return crops
+
+
+def _mark_by_reconstruction(
+    crops: list[tuple[int, tuple[slice, slice], np.ndarray, np.ndarray]],
+    h: int,
+    out: np.ndarray,
+    device: torch.device,
+) -> None:
+    """Reconstruct all pending components at once, packed side by side on one canvas.
+
+    Rows of crops (tallest first) separated by one -inf pixel, so no two
+    components touch; the reconstruction then works on the components' boxes
+    only (on a 1024 px relief about a tenth of the tile) instead of the tile.
+    Marks ``out[b][box]`` where ``f - R >= h`` inside each crop's component.
+    """
+    order = sorted(range(len(crops)), key=lambda i: -crops[i][2].shape[0])
+    area = sum((c[2].shape[0] + 1) * (c[2].shape[1] + 1) for c in crops)
+    width = max(max(c[2].shape[1] for c in crops) + 1, int(np.sqrt(area) * 1.25))
+    places, x, y, shelf = {}, 1, 1, 0
+    for i in order:
+        rows, cols = crops[i][2].shape
+        if x + cols + 1 > width:
+            x, y, shelf = 1, y + shelf + 1, 0
+        places[i] = (y, x)
+        x += cols + 1
+        shelf = max(shelf, rows)
+    height = y + shelf + 1
+    span = max(int(c[2].max()) for c in crops)
+    dtype = np.float32 if span + h < _FLOAT32_EXACT else np.float64
+    canvas = np.full((height, width + 1), -np.inf, dtype)
+    for i, (_, _, values, member) in enumerate(crops):
+        top, left = places[i]
+        window = canvas[top : top + values.shape[0], left : left + values.shape[1]]
+        window[member] = values[member]
+    ceiling = torch.as_tensor(canvas, device=device)[None]
+    reconstructed = _reconstruct_by_dilation(ceiling - h, ceiling)[0].cpu().numpy()
+    for i, (image_index, box, values, member) in enumerate(crops):
+        top, left = places[i]
+        rec = reconstructed[top : top + values.shape[0], left : left + values.shape[1]]
+        out[image_index][box] |= member & (values >= h) & (values - rec >= h)
 
 
 def _reconstruct_by_dilation(marker: torch.Tensor, ceiling: torch.Tensor) -> torch.Tensor:
@@ -201,8 +273,15 @@ def _white_balanced_hematoxylin(ihc: np.ndarray, params: nuclei.NucleiParams) ->
     return _hed(ihc, logs)[..., 0], od.sum(axis=2)
 
 
-def _tissue_mask(ihc: np.ndarray) -> np.ndarray:
-    """``knowledge.tissue_mask(ihc)``, bit for bit, with the per-value optical densities."""
+def tissue_mask(ihc: np.ndarray) -> np.ndarray:
+    """``knowledge.tissue_mask(ihc)``, bit for bit, with the per-value optical densities.
+
+    Args:
+        ihc: (H, W, 3) uint8 RGB.
+    Returns:
+        (H, W) bool.
+    """
+    ihc = knowledge._check_ihc(ihc, "tissue_mask input")
     od = ndimage.gaussian_filter(_gather(ihc, _OD10).sum(axis=-1), sigma=2.0, mode="nearest")
     return od > np.percentile(od, knowledge.TISSUE_WHITE_PERCENTILE) + knowledge.TISSUE_OD_MARGIN
 
@@ -331,7 +410,7 @@ def _extract_same_size(
             if membrane_params.mode == "release":
                 binary = stain.saturation(dab_float) > membrane_params.saturation_threshold
             else:
-                background = knowledge.dab_background(dab, _tissue_mask(ihc), membrane_params)
+                background = knowledge.dab_background(dab, tissue_mask(ihc), membrane_params)
                 binary = dab - background > membrane_params.threshold
             binary_masks.append(np.where(binary, 255, 0).astype(np.uint8))
         with timer("nuclei mask"):
