@@ -120,6 +120,24 @@ def test_release_blur_torch_is_bit_identical():
         assert np.array_equal(got[index], stain.release_blur(masks[index]))
 
 
+def test_density_map_skipping_empty_lines_is_bit_identical():
+    from tdkstain.extraction.fast import _density_map
+
+    rng = np.random.default_rng(2)
+    centroids = np.concatenate(
+        [
+            rng.uniform(-3, 70, size=(9, 2)),  # some outside the tile: clipped to the border
+            [[0.0, 0.0], [0.4, 0.2], [63.0, 47.0], [30.5, 12.5], [30.5, 12.5]],  # corner, duplicates, .5 rounding
+        ]
+    )
+    for normalise in ("minmax", "count"):
+        for sigma in (2.0, 11.0):
+            for points in (centroids, centroids[:1], centroids[:0]):
+                expected = knowledge.density_map(points, (64, 48), sigma, normalise)
+                got = _density_map(points, (64, 48), sigma, normalise)
+                assert got.dtype == expected.dtype and np.array_equal(got, expected), (normalise, sigma, len(points))
+
+
 # --------------------------------------------------------------------------- whole tiles
 
 

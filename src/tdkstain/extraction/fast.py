@@ -239,38 +239,51 @@ _HED_LOG = np.log(np.maximum(np.multiply(_LEVELS, 1.0 / 255.0, dtype=np.float64)
 _OD10 = -np.log10(np.maximum(_LEVELS.astype(np.float64), 1.0) / 255.0)
 
 
-def _gather(ihc: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 and a (256,) or (256, 3) table -> (H, W, 3) float64 ``table[value(, channel)]``."""
-    if table.ndim == 1:
-        return table[ihc]
-    return table.ravel()[ihc.astype(np.intp) * 3 + np.arange(3)]
+_CHANNEL_OFFSET = np.array([0, 256, 512], np.uint16)
 
 
-def _hed(ihc: np.ndarray, logs: np.ndarray) -> np.ndarray:
+def _channel_index(ihc: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H, W, 3) uint16 ``value + 256 * channel``, an index into a (3, 256) table."""
+    index = ihc.astype(np.uint16)
+    index += _CHANNEL_OFFSET
+    return index
+
+
+def _gather(index: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """(H, W, 3) index (uint8 values, or ``_channel_index``) -> (H, W, 3) float64 ``table.ravel()[index]``.
+
+    table: (256,) for all channels, or (3, 256) one row per channel (with ``_channel_index``).
+    """
+    return np.take(table.ravel(), index)
+
+
+def _hed(index: np.ndarray, logs: np.ndarray) -> np.ndarray:
     """``stain.rgb_to_hed`` from the per-value logs: (H, W, 3) float64 densities, clipped at 0."""
-    return np.maximum(_gather(ihc, logs) @ stain.HED_FROM_RGB, 0.0)
+    return np.maximum(_gather(index, logs) @ stain.HED_FROM_RGB, 0.0)
 
 
-def _uint8_percentile(ihc: np.ndarray, q: float) -> np.ndarray:
+def _uint8_percentile(index: np.ndarray, q: float) -> np.ndarray:
     """``np.percentile(ihc.reshape(-1, 3).astype(float), q, axis=0)`` from per-channel histograms.
 
-    numpy's value depends only on the count and the sorted values, so the
-    percentile of each channel's sorted values rebuilt from its histogram is
-    the same float, without partitioning 3 M values.
+    index: ``_channel_index(ihc)``. numpy's value depends only on the count and
+    the sorted values, so the percentile of each channel's sorted values rebuilt
+    from its histogram is the same float, without partitioning 3 M values.
+    Returns (3,) float64.
     """
-    counts = np.bincount((ihc.reshape(-1, 3).astype(np.intp) + np.arange(3) * 256).ravel(), minlength=768)
+    counts = np.bincount(index.ravel(), minlength=768)
     values = np.arange(256, dtype=np.float64)
     return np.array([np.percentile(np.repeat(values, counts[c * 256 : (c + 1) * 256]), q) for c in range(3)])
 
 
 def _white_balanced_hematoxylin(ihc: np.ndarray, params: nuclei.NucleiParams) -> tuple[np.ndarray, np.ndarray]:
     """``nuclei._white_balanced_hematoxylin``, bit for bit: ((H, W) haematoxylin OD, (H, W) summed OD)."""
-    white = _uint8_percentile(ihc, params.white_percentile)
+    index = _channel_index(ihc)
+    white = _uint8_percentile(index, params.white_percentile)
     white = np.where(white >= params.white_min, white, 255.0)
     balanced = np.clip(_LEVELS.astype(np.float64)[:, None] * (255.0 / white), 1.0, 255.0)  # (256, 3)
-    od = _gather(ihc, -np.log(balanced / 255.0))
+    od = _gather(index, -np.log(balanced / 255.0).T)
     logs = np.log(np.maximum(balanced / 255.0, stain._MIN_INTENSITY)) / stain._LOG_ADJUST
-    return _hed(ihc, logs)[..., 0], od.sum(axis=2)
+    return _hed(index, logs.T)[..., 0], od.sum(axis=2)
 
 
 def tissue_mask(ihc: np.ndarray) -> np.ndarray:
@@ -336,11 +349,12 @@ def _centroids(labels: np.ndarray, params: nuclei.NucleiParams) -> np.ndarray:
     count = int(labels.max()) if labels.size else 0
     if count == 0:
         return np.zeros((0, 2), np.float64)
-    flat = labels.ravel()
+    where = np.flatnonzero(labels)  # only labelled pixels: background adds nothing to any label
+    flat = labels.ravel()[where]
+    rows, cols = np.divmod(where, labels.shape[1])
     area = np.bincount(flat, minlength=count + 1)
-    rows, cols = np.indices(labels.shape)
-    row_sum = np.bincount(flat, weights=rows.ravel().astype(np.float64), minlength=count + 1)
-    col_sum = np.bincount(flat, weights=cols.ravel().astype(np.float64), minlength=count + 1)
+    row_sum = np.bincount(flat, weights=rows.astype(np.float64), minlength=count + 1)
+    col_sum = np.bincount(flat, weights=cols.astype(np.float64), minlength=count + 1)
     min_area = nuclei._disk_area_px(params.min_diameter_um, params)
     max_area = nuclei._disk_area_px(params.max_diameter_um, params)
     index = np.arange(count + 1)
@@ -348,6 +362,36 @@ def _centroids(labels: np.ndarray, params: nuclei.NucleiParams) -> np.ndarray:
     if not keep.any():
         return np.zeros((0, 2), np.float64)
     return np.stack((row_sum[keep] / area[keep], col_sum[keep] / area[keep]), axis=1)
+
+
+def _density_map(centroids: np.ndarray, shape: tuple[int, int], sigma: float, normalise: str) -> np.ndarray:
+    """``knowledge.density_map(centroids, shape, sigma, normalise)``, bit for bit, filtering only where it matters.
+
+    ``gaussian_filter`` filters along rows (axis 0), then along columns, each
+    line on its own (its border extension included), so a column without an
+    impulse stays exactly 0 in the first pass and a row that is all 0 after it
+    stays 0 in the second: those lines are left out. With ~800 nuclei on a
+    1024 px tile about half the columns hold none.
+    Returns (H, W) float32.
+    """
+    height, width = shape
+    if len(centroids) == 0:
+        # No impulse: the numpy path filters zeros into zeros (and min-max gives zeros).
+        return knowledge.density_map(centroids, shape, sigma, normalise)
+    impulses = np.zeros((height, width), dtype=np.float64)
+    rows = np.clip(np.rint(centroids[:, 0]).astype(np.int64), 0, height - 1)
+    cols = np.clip(np.rint(centroids[:, 1]).astype(np.int64), 0, width - 1)
+    np.add.at(impulses, (rows, cols), 1.0)
+    mode = "nearest" if normalise == "minmax" else "reflect"
+    used_cols = np.unique(cols)
+    density = np.zeros((height, width), dtype=np.float64)
+    density[:, used_cols] = ndimage.gaussian_filter1d(impulses[:, used_cols], sigma, axis=0, mode=mode, truncate=4.0)
+    used_rows = np.flatnonzero(density.any(axis=1))
+    density[used_rows] = ndimage.gaussian_filter1d(density[used_rows], sigma, axis=1, mode=mode, truncate=4.0)
+    if normalise == "minmax":
+        low, high = density.min(), density.max()
+        density = (density - low) / (high - low) if high > low else np.zeros_like(density)
+    return density.astype(np.float32)
 
 
 def _check_params(params: ExtractionParams | None) -> ExtractionParams:
@@ -452,7 +496,7 @@ def _extract_same_size(
         with timer("centroids"):
             centroids = _centroids(labels, nuclei_params)
         with timer("density"):
-            density = knowledge.density_map(centroids, ihc.shape[:2], params.density_sigma, params.density_normalise)
+            density = _density_map(centroids, ihc.shape[:2], params.density_sigma, params.density_normalise)
         results.append(
             TileKnowledge(
                 dab_rgb=dab_images[index],
