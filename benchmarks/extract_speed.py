@@ -171,10 +171,7 @@ def main() -> int:
         print(json.dumps(run_engine(args.worker, args)))
         return 0
 
-    import torch
-
-    torch.set_num_threads(args.threads)
-    identical, detail = check_identical(args)
+    # The engines first, while this process is small: a child's ru_maxrss starts at its parent's size.
     results = {}
     for engine in ("numpy", "torch"):
         command = [sys.executable, __file__, "--worker", engine, "--size", str(args.size), "--tiles", str(args.tiles),
@@ -182,6 +179,10 @@ def main() -> int:
                    "--mode", args.mode]
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results[engine] = json.loads(out.strip().splitlines()[-1])
+    import torch
+
+    torch.set_num_threads(args.threads)
+    identical, detail = check_identical(args)
     numpy_s, torch_s = results["numpy"]["s_per_tile"], results["torch"]["s_per_tile"]
     batched = results["torch"]["s_per_tile_batched"]
 
