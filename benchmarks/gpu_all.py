@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import queue
@@ -102,22 +103,23 @@ def plan_cases(smoke: bool, slide_size: int | None) -> list[dict[str, Any]]:
     add("limit_conv_est7x7_512crop_fwdbwd_bf16", "conv", 60, 3, cin=896 // c, cout=128 // c, k=7, side=256 // s, batch=1,
         dtype="bf16", backward=True)
 
-    crop512, crop1024 = (64, 64) if smoke else (512, 1024)
-    tile = 128 if smoke else 1024
+    crop512, crop1024 = (32, 64) if smoke else (512, 1024)
+    tile = 64 if smoke else 1024
     add("train_512_bf16_cl_b1", "train", 120, 20, crop=crop512, batch=1, precision="bf16", channels_last=True, compile=False)
-    add("train_1024_bf16_cl_b1", "train", 150, 25, crop=crop1024, batch=1, precision="bf16", channels_last=True, compile=False)
+    add("train_1024_bf16_cl_b1", "train", 150, 25, crop=crop1024, batch=1, precision="bf16", channels_last=True, compile=False,
+        smoke_skip=True)  # in --smoke the same code path as the 512 case
     for precision, cl, batch in [("bf16", True, 1), ("bf16", True, big), ("fp32", True, big), ("fp32", False, big),
                                  ("bf16", False, big), ("fp32", True, 1)]:
         add(f"infer_{tile}_{precision}_{'cl' if cl else 'nchw'}_b{batch}", "infer", 90, 10, tile=tile, batch=batch,
             precision=precision, channels_last=cl, compile=False)
-    add("slide", "slide", 240, 60, size=slide_size or (1024 if smoke else 20480), tile=256 if smoke else 1024,
-        overlap=32 if smoke else 64, batch=big, precision="bf16", tiny=smoke)
+    add("slide", "slide", 240, 60, size=slide_size or (512 if smoke else 20480), tile=128 if smoke else 1024,
+        overlap=16 if smoke else 64, batch=big, precision="bf16", tiny=smoke)
     add("train_512_fp32_b1", "train", 120, 20, crop=crop512, batch=1, precision="fp32", channels_last=False, compile=False)
     b4 = 2 if smoke else 4
     add(f"train_512_bf16_cl_b{b4}", "train", 120, 25, crop=crop512, batch=b4, precision="bf16", channels_last=True,
         compile=False)
     add("extract", "extract", 90, 15, tile=tile, batch=big)
-    # torch.compile last (minutes of compiling); --smoke leaves these out unless --only names them
+    # torch.compile last (minutes of compiling)
     add(f"infer_{tile}_bf16_cl_b{big}_compiled", "infer", 150, 60, tile=tile, batch=big, precision="bf16",
         channels_last=True, compile=True, smoke_skip=True)
     add("train_512_bf16_cl_b1_compiled", "train", 240, 120, crop=crop512, batch=1, precision="bf16", channels_last=True,
@@ -126,6 +128,14 @@ def plan_cases(smoke: bool, slide_size: int | None) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- helpers in the worker
+
+
+_CURRENT: dict[str, str] = {}
+
+
+def _progress(text: str) -> None:
+    """Tell the parent how the running case is getting on (kept in its notes if the case is killed)."""
+    print(RESULT_PREFIX + json.dumps({"name": _CURRENT.get("name", "?"), "progress": text}), flush=True)
 
 
 def _torch():
@@ -265,6 +275,7 @@ def case_train(case: dict, device, smoke: bool) -> dict:
         notes.append(f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32} matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}")
     compile_s = None
     if case["compile"]:
+        _progress("compiling (net.compile() on each network, first step)")
         for net in nets.values():
             net.compile()  # as tdkstain.training does with train.compile
         t0 = time.perf_counter()
@@ -273,6 +284,7 @@ def case_train(case: dict, device, smoke: bool) -> dict:
         except Exception as err:  # noqa: BLE001 (recorded; retried with static shapes)
             notes.append(f"net.compile() failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}; "
                          "retried with net.compile(dynamic=False)")
+            _progress(notes[-1])
             torch._dynamo.reset()
             for net in nets.values():
                 net.compile(dynamic=False)
@@ -304,7 +316,7 @@ def case_infer(case: dict, device, smoke: bool) -> dict:
     tile, batch = case["tile"], case["batch"]
     torch.manual_seed(0)
     stainer = Stainer(ResnetGenerator(), device=str(device), precision=case["precision"], channels_last=case["channels_last"],
-                      tile=tile, overlap=64 if tile >= 256 else 16, batch=batch, norm="tile")
+                      tile=tile, overlap=64 if tile >= 256 else 8, batch=batch, norm="tile")
     rng = np.random.default_rng(0)
     tiles = [rng.integers(0, 256, size=(tile, tile, 3), dtype=np.uint8) for _ in range(batch)]
     with torch.inference_mode():
@@ -314,6 +326,7 @@ def case_infer(case: dict, device, smoke: bool) -> dict:
     notes = [f"paper generator, {tile}^2 tiles, uint8 in/out", f"{case['precision']}{' channels_last' if case['channels_last'] else ' NCHW'}"]
     compile_s = None
     if case["compile"]:
+        _progress("compiling (stainer.network.compile(), first call)")
         stainer.network.compile()
         t0 = time.perf_counter()
         stainer.stain_tiles(tiles)
@@ -448,7 +461,9 @@ def case_slide(case: dict, device, smoke: bool, workdir: Path) -> dict:
 
     size, tile, batch = case["size"], case["tile"], case["batch"]
     slide_path = workdir / f"synthetic_{size}.tif"
-    made = write_synthetic_slide(slide_path, size)
+    _progress(f"writing a synthetic {size}^2 slide")
+    made = write_synthetic_slide(slide_path, size, tile=512 if size >= 4096 else 128)
+    _progress(f"slide written in {made['seconds']:.1f} s ({made['compression']}, {made['bytes'] / 2**20:.0f} MiB)")
     notes = [f"synthetic {size}^2 slide at 0.5 um/px, {made['compression']} {made['bytes'] / 2**20:.0f} MiB, written in "
              f"{made['seconds']:.1f} s"]
     try:
@@ -487,7 +502,8 @@ def case_slide(case: dict, device, smoke: bool, workdir: Path) -> dict:
     _reset_memory(device)
     with _GpuSampler(device) as sampler:
         t0 = time.perf_counter()
-        result = stain_slide(stainer, slide_path, out, model_mpp=0.5, log=messages.append, progress=False,
+        result = stain_slide(stainer, slide_path, out, model_mpp=0.5, log=lambda m: (messages.append(m), _progress(m[:300])),
+                             progress=False,
                              options=SlideOptions(compression=compression))
         wall = time.perf_counter() - t0
     _sync(device)
@@ -502,6 +518,7 @@ def case_slide(case: dict, device, smoke: bool, workdir: Path) -> dict:
     gpu_ms = None
     if device.type == "cuda" and calls:
         gpu_ms = sum(s.elapsed_time(e) for _, _, s, e, _ in calls)
+    _progress(f"stain_slide done in {wall:.1f} s; timing the model alone")
     # The model alone, back to back, on as many in-memory tiles as the staining pass stained (same stats).
     texture = _texture(max(1024, tile))
     sample = [np.ascontiguousarray(texture[:tile, :tile]) for _ in range(batch)]  # tissue-like, as the slide's tiles
@@ -656,6 +673,7 @@ def worker(spec: dict) -> int:
                                              "notes": f"budget: {max(left, 0):.0f} s left, case needs ~{case['est_s']:.0f} s"}),
                   flush=True)
             continue
+        _CURRENT["name"] = name
         print(RESULT_PREFIX + json.dumps({"name": name, "start": True}), flush=True)
         t0 = time.perf_counter()
         try:
@@ -695,9 +713,9 @@ def environment(device: str) -> dict:
                             "python": platform.python_version(), "cpus": os.cpu_count(), "device": device}
     try:
         info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                        cwd=HERE, timeout=10).stdout.strip() or None
+                                        cwd=HERE, timeout=10, check=False).stdout.strip() or None
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                               cwd=HERE, timeout=10).stdout.strip()
+                               cwd=HERE, timeout=10, check=False).stdout.strip()
         info["dirty"] = bool(dirty)
     except (OSError, subprocess.SubprocessError):
         info["commit"] = None
@@ -727,7 +745,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        if value != value:
+        if math.isnan(value):
             return "nan"
         if abs(value) >= 100:
             return f"{value:.0f}"
@@ -794,7 +812,7 @@ def run_all(args: argparse.Namespace) -> int:
     cases = plan_cases(args.smoke, args.slide_size)
     if args.only:
         cases = [c for c in cases if any(key in c["name"] for key in args.only)]
-    elif args.smoke:
+    elif args.smoke:  # a quick check of the code paths: leave out the compiled cases and repeats of a path
         cases = [c for c in cases if not c.get("smoke_skip")]
     rows: list[dict] = []
     row_of: dict[str, dict] = {}
@@ -836,6 +854,11 @@ def run_all(args: argparse.Namespace) -> int:
                     finished = True
                 elif line.startswith(RESULT_PREFIX):
                     row = json.loads(line[len(RESULT_PREFIX):])
+                    if "progress" in row:
+                        if current is not None:
+                            row_of[current["name"]].setdefault("progress", []).append(row["progress"])
+                            print(f"[{time.time() - started:5.0f} s]   {row['progress']}", file=sys.stderr, flush=True)
+                        continue
                     if row.pop("start", False):
                         current, current_start = next(c for c in pending if c["name"] == row["name"]), time.time()
                         record({"name": row["name"], "status": "running"})
@@ -857,6 +880,7 @@ def run_all(args: argparse.Namespace) -> int:
                         os.killpg(proc.pid, signal.SIGKILL)
                         proc.wait()
                         why = f"killed after {elapsed:.0f} s ({'its cap' if over_cap else 'the budget'})"
+                        why += "".join(f"; {text}" for text in row_of[current["name"]].get("progress", []))
                         record({"name": current["name"], "status": "timeout", "notes": why})
                         pending = [c for c in pending if c["name"] != current["name"]]
                         current = None
