@@ -209,9 +209,11 @@ def test_engine_keeps_order_over_mixed_sizes_and_reports_stages():
     tiles = [render_pair(1, 256, her2=1).ihc, render_pair(2, 192, her2=3).ihc, render_pair(3, 256, her2=0).ihc]
     params = params_for("adaptive")
     timer = StageTimer()
-    got = extract_tiles_torch(tiles, params, timer=timer)
+    got = extract_tiles_torch(tiles, params, timer=timer, batch=2)  # the two 256 px tiles share a canvas
     for tile, result in zip(tiles, got):
         assert_same_knowledge(knowledge.extract_tile(tile, params), result, "mixed sizes")
+    for tile, result in zip(tiles, extract_tiles_torch(tiles, params)):  # default: one tile per call on the CPU
+        assert_same_knowledge(knowledge.extract_tile(tile, params), result, "mixed sizes, batch 1")
     assert {"h-maxima", "watershed", "density"} <= set(timer.seconds)
     numpy_engine = extract_tiles(tiles[:1], params, engine="numpy")
     assert_same_knowledge(numpy_engine[0], got[0], "engine='numpy'")

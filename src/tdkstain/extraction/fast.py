@@ -451,15 +451,20 @@ def extract_tiles_torch(
     params: ExtractionParams | None = None,
     device: str | torch.device = "cpu",
     timer: StageTimer | None = None,
+    batch: int | None = None,
 ) -> list[TileKnowledge]:
     """``knowledge.extract_tile`` for every tile, with identical outputs, faster.
 
     Args:
-        tiles: (H, W, 3) uint8 RGB IHC tiles; sizes may differ (same-size tiles share
-            the batched h-maxima and blur).
+        tiles: (H, W, 3) uint8 RGB IHC tiles; sizes may differ.
         params: ``ExtractionParams`` (classical nuclei backend).
-        device: torch device for the batched steps ("cpu", "cuda", ...).
+        device: torch device for the h-maxima reconstruction and the mask blur.
         timer: optional ``StageTimer`` that receives seconds per stage.
+        batch: same-size tiles that share one h-maxima canvas and one blur call;
+            their intermediate maps (~40 MB per 1024 px tile) are held together.
+            None: 1 on the CPU, where batching measured no faster
+            (``benchmarks/extract_speed.py``: scipy holds the GIL and the torch
+            steps are small), 8 on other devices.
     Returns:
         One ``TileKnowledge`` per tile, in order; each field equal to ``extract_tile``'s.
     Raises:
@@ -473,10 +478,16 @@ def extract_tiles_torch(
     by_shape: dict[tuple[int, int], list[int]] = {}
     for index, tile in enumerate(tiles):
         by_shape.setdefault(tile.shape[:2], []).append(index)
+    if batch is None:
+        batch = 1 if device.type == "cpu" else 8
+    if batch < 1:
+        raise TdkstainError(f"extract_tiles_torch: batch must be at least 1, got {batch}")
     results: list[TileKnowledge | None] = [None] * len(tiles)
-    for indices in by_shape.values():
-        for index, result in zip(indices, _extract_same_size([tiles[i] for i in indices], params, device, timer)):
-            results[index] = result
+    for same_size in by_shape.values():
+        for start in range(0, len(same_size), batch):
+            indices = same_size[start : start + batch]
+            for index, result in zip(indices, _extract_same_size([tiles[i] for i in indices], params, device, timer)):
+                results[index] = result
     return [r for r in results if r is not None]
 
 
