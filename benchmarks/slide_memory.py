@@ -11,6 +11,7 @@ side doubles; the pipeline's only size-dependent buffers grow with its *width*
 
     python benchmarks/slide_memory.py                      # 4096 and 8192 px, tiny generator, CPU
     python benchmarks/slide_memory.py --sizes 8192 --ngf 64 --blocks 9 --device cuda --precision bf16 --batch 16
+    python benchmarks/slide_memory.py --sizes 4096 --ngf 64 --blocks 9 --tile 1024 --batch 1 --compile   # the paper G on CPU
 
 Prints one JSON line per run and a table.
 """
@@ -78,7 +79,7 @@ def rss_mib():
 torch.manual_seed(0)
 generator = ResnetGenerator(ngf=args["ngf"], n_blocks=args["blocks"]).eval()
 stainer = Stainer(generator, device=args["device"], precision=args["precision"], tile=args["tile"],
-                  overlap=args["overlap"], batch=args["batch"], norm=args["norm"])
+                  overlap=args["overlap"], batch=args["batch"], norm=args["norm"], compile=args["compile"])
 baseline = rss_mib()
 t0 = time.perf_counter()
 result = stain_slide(stainer, args["slide"], args["out"], model_mpp=0.5, log=lambda m: None, progress=False,
@@ -99,7 +100,7 @@ for _ in range(0, result.tiles_tissue, args["batch"]):
 model_only = time.perf_counter() - t1
 print(json.dumps({
     "size": args["size"], "ngf": args["ngf"], "blocks": args["blocks"], "device": str(stainer.device),
-    "precision": args["precision"], "tile": args["tile"], "batch": args["batch"], "norm": args["norm"],
+    "precision": args["precision"], "compile": args["compile"], "tile": args["tile"], "batch": args["batch"], "norm": args["norm"],
     "tiles_total": result.tiles_total, "tiles_tissue": result.tiles_tissue, "forward_passes": result.forward_passes,
     "seconds": round(seconds, 2), "timings": {k: round(v, 2) for k, v in result.timings.items()},
     "megapixels_per_second": round(result.width * result.height / 1e6 / seconds, 3),
@@ -124,6 +125,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--compile", action="store_true", help="Stainer(compile=True), as tdkstain slide --compile")
     parser.add_argument("--workdir", default=None, help="where slides and outputs go (default: a temporary folder)")
     args = parser.parse_args()
 

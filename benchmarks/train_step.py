@@ -37,7 +37,7 @@ import time
 
 
 def run_case(device: str, crop: int, batch_size: int, precision: str, channels_last: bool, steps: int,
-             threads: int | None, allocator: str) -> dict:
+             threads: int | None, allocator: str, memory_only: bool = False) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -51,7 +51,7 @@ def run_case(device: str, crop: int, batch_size: int, precision: str, channels_l
     kept = keep_freed_memory() if allocator == "keep" and device == "cpu" else False
     dev = torch.device(device)
     shapes = [ConvShape("E 7x7 896->128", 1, 896, 128, 7, crop // 2), ConvShape("G 3x3 512->512", 2, 512, 512, 3, crop // 8)]
-    limits = {s.name: conv_rates(s, dev, precision, channels_last=channels_last) for s in shapes}
+    limits = {} if memory_only else {s.name: conv_rates(s, dev, precision, channels_last=channels_last) for s in shapes}
 
     cfg = load_config("tdkstain-paper")
     objective = create_objective(cfg, steps_per_epoch=1000)
@@ -77,9 +77,12 @@ def run_case(device: str, crop: int, batch_size: int, precision: str, channels_l
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    with FlopCounterMode(display=False) as counter:  # doubles as the warm-up step
-        objective.train_step(0, nets, optimizers, batch, rt)
-    flops = counter.get_total_flops()
+    if memory_only:  # one untimed-warm-up-free step: its peak memory, and a first-step time
+        flops = float("nan")
+    else:
+        with FlopCounterMode(display=False) as counter:  # doubles as the warm-up step
+            objective.train_step(0, nets, optimizers, batch, rt)
+        flops = counter.get_total_flops()
     if dev.type == "cuda":
         objective.train_step(0, nets, optimizers, batch, rt)  # cuDNN autotuning / allocator warm-up
         torch.cuda.reset_peak_memory_stats()
@@ -96,11 +99,11 @@ def run_case(device: str, crop: int, batch_size: int, precision: str, channels_l
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     gflops = flops / seconds / 1e9
-    fwd_limit = limits[shapes[0].name]["fwd"]
-    mix_limit = mixed_rate(limits, shapes)
+    fwd_limit = limits[shapes[0].name]["fwd"] if limits else float("nan")
+    mix_limit = mixed_rate(limits, shapes) if limits else float("nan")
     return {
         "device": device, "crop": crop, "batch": batch_size, "precision": precision, "channels_last": channels_last,
-        "allocator": "keep" if kept else "default",
+        "allocator": "keep" if kept else "default", "memory_only": memory_only,
         "steps": steps, "sec_per_step": seconds, "min_sec": min(times), "gflop_per_step": flops / 1e9,
         "gflops": gflops, "limit_fwd_gflops": fwd_limit, "limit_mix_gflops": mix_limit, "limits": limits,
         "ratio_fwd": gflops / fwd_limit, "ratio_mix": gflops / mix_limit,
@@ -123,6 +126,8 @@ def main() -> int:
     parser.add_argument("--allocator", choices=["keep", "default"], default="keep",
                         help="keep: tdkstain.allocator.keep_freed_memory() as tdkstain train does on CPU (default); "
                              "default: glibc as it comes")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="no FLOP count, no limits, no warm-up: one step per case, for its peak memory (e.g. --crops 1024)")
     parser.add_argument("--json", default=None, help="also write the results (and the machine) to this JSON file")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: one case, JSON out
     args = parser.parse_args()
@@ -130,7 +135,7 @@ def main() -> int:
     if args.case:
         crop, batch, precision, channels_last, steps = args.case.split(":")
         result = run_case(args.device, int(crop), int(batch), precision, channels_last == "1", int(steps), args.threads,
-                          args.allocator)
+                          args.allocator, args.memory_only)
         print("RESULT " + json.dumps(result), flush=True)
         return 0
 
@@ -146,7 +151,9 @@ def main() -> int:
         for batch in batches:
             precisions = args.precisions or (["bf16"] + (["fp32"] if crop == min(crops) else []) if cuda else ["fp32", "bf16"])
             for precision in precisions:
-                if args.steps:
+                if args.memory_only:
+                    steps = 1
+                elif args.steps:
                     steps = args.steps
                 elif cuda:
                     steps = 5 if args.quick else 20
@@ -156,6 +163,7 @@ def main() -> int:
     results = []
     for crop, batch, precision, channels_last, steps in cases:
         cmd = [sys.executable, __file__, "--device", args.device, "--allocator", args.allocator,
+               *(["--memory-only"] if args.memory_only else []),
                "--case", f"{crop}:{batch}:{precision}:{int(channels_last)}:{steps}"]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
@@ -178,6 +186,10 @@ def main() -> int:
     for r in results:
         if "error" in r:
             print(f"{r['crop']:5d} {r['batch']:5d} {r['precision']:>5s}  failed: {r['error']}")
+            continue
+        if r.get("memory_only"):
+            print(f"{r['crop']:5d} {r['batch']:5d} {r['precision']:>5s} {r['sec_per_step']:8.2f} (first step, memory only)"
+                  f"{'':>38s} {r['peak_gib']:9.2f} {r['allocator']:>7s}")
             continue
         print(f"{r['crop']:5d} {r['batch']:5d} {r['precision']:>5s} {r['sec_per_step']:8.2f} {r['gflop_per_step']:8.0f} "
               f"{r['gflops']:8.1f} {r['limit_fwd_gflops']:9.1f} {r['limit_mix_gflops']:9.1f} {100 * r['ratio_fwd']:4.0f}% "
