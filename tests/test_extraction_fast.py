@@ -138,6 +138,27 @@ def test_density_map_skipping_empty_lines_is_bit_identical():
                 assert got.dtype == expected.dtype and np.array_equal(got, expected), (normalise, sigma, len(points))
 
 
+def test_per_value_tables_give_the_numpy_path_bit_for_bit():
+    from tdkstain.extraction import fast
+
+    rng = np.random.default_rng(8)
+    # Every uint8 value in every channel, at every offset modulo 16 (SIMD lanes), plus noise.
+    ramp = np.stack([np.roll(np.arange(256 * 17) % 256, c * 5) for c in range(3)], axis=-1).astype(np.uint8)
+    images = [ramp.reshape(68, 64, 3), rng.integers(0, 256, size=(37, 51, 3), dtype=np.uint8)]
+    images.append(np.clip(rng.normal(200, 30, size=(40, 40, 3)), 0, 255).astype(np.uint8))
+    images.append(rng.integers(0, 120, size=(30, 30, 3), dtype=np.uint8))  # no glass: white point not trusted
+    params = nuclei.NucleiParams()
+    for image in images:
+        assert np.array_equal(fast._hed(image, fast._HED_LOG), stain.rgb_to_hed(image))
+        assert np.array_equal(fast.tissue_mask(image), knowledge.tissue_mask(image))
+        for a, b in zip(fast._white_balanced_hematoxylin(image, params), nuclei._white_balanced_hematoxylin(image, params)):
+            assert np.array_equal(a, b)
+        index = fast._channel_index(image)
+        for q in (0.0, 1.0, 25.0, 50.5, 99.0, 99.9, 100.0):
+            expected = np.percentile(image.reshape(-1, 3).astype(np.float64), q, axis=0)
+            assert np.array_equal(fast._uint8_percentile(index, q), expected), q
+
+
 # --------------------------------------------------------------------------- whole tiles
 
 
