@@ -113,14 +113,14 @@ def h_maxima_torch(levels: np.ndarray | torch.Tensor, h: int, device: str | torc
     out = np.zeros(array.shape, bool)
     crops: list[tuple[int, tuple[slice, slice], np.ndarray, np.ndarray]] = []
     for index, image in enumerate(array):
-        crops += [(index, *crop[1:]) for crop in _mark_simple_maxima(image.astype(np.int64), h, out[index])]
+        crops += _mark_simple_maxima(image.astype(np.int64), h, out[index], index)
     if crops:
         _mark_by_reconstruction(crops, h, out, torch.device(device))
     return out[0] if single else out
 
 
 def _mark_simple_maxima(
-    image: np.ndarray, h: int, out: np.ndarray
+    image: np.ndarray, h: int, out: np.ndarray, index: int
 ) -> list[tuple[int, tuple[slice, slice], np.ndarray, np.ndarray]]:
     """Mark in ``out`` what needs no reconstruction; return the components that do.
 
@@ -132,8 +132,8 @@ def _mark_simple_maxima(
     a local maximum (no higher 8-neighbour). Components holding such a pixel
     are returned as crops (bounding box, pixels of other components and the
     background -inf walls) for ``_mark_by_reconstruction``.
-    Returns [(image index placeholder 0, (rows, cols) slices, (h, w) int64 crop of
-    image - b, (h, w) bool component mask)].
+    Returns [(``index``, (rows, cols) slices, (h, w) integer crop of image - b,
+    (h, w) bool component mask)].
     """
     low, high = int(image.min()), int(image.max())
     if high - low < h:
@@ -159,7 +159,7 @@ def _mark_simple_maxima(
     crops = []
     for label in np.unique(labels[pending]):
         box = boxes[label - 1]
-        crops.append((0, box, values[box], labels[box] == label))
+        crops.append((index, box, values[box], labels[box] == label))
     return crops
 
 
