@@ -28,7 +28,8 @@ Where the time went in ``extract_tile`` (1024 px synth tile, one CPU core,
 - The release's 9x9 mask blur runs in torch on shifted slices: its integer
   sums stay below 2**24, which float32 holds exactly in any order.
 - The density map's Gaussian skips the lines that hold no impulse (exactly
-  zero either way).
+  zero either way); the release membrane's HSV saturation takes maxima across
+  channel planes instead of numpy's slow reductions over a 3-long axis.
 
 The rest calls the numpy/scipy code of ``knowledge`` and ``nuclei`` itself:
 thresholds, Otsu, morphology, Euclidean distance transform, watershed and the
@@ -349,6 +350,23 @@ def _dab_rgb_float(dab: np.ndarray) -> np.ndarray:
     return np.clip(np.exp(log_rgb), 0.0, 1.0)
 
 
+def _saturation(rgb: np.ndarray) -> np.ndarray:
+    """``stain.saturation(rgb)`` for (H, W, 3) float64, bit for bit, 6x faster.
+
+    Maximum and minimum are exact whatever the order, so taking them across
+    the three channel planes gives the floats that numpy's reductions over the
+    3-long last axis give, and the difference and division are the same IEEE
+    operations. Returns (H, W) float64.
+    """
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    value = np.maximum(np.maximum(red, green), blue)
+    delta = value - np.minimum(np.minimum(red, green), blue)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sat = delta / value
+    sat[delta == 0.0] = 0.0
+    return sat
+
+
 def release_blur_torch_exact(masks: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
     """``stain.release_blur`` for a batch of uint8 masks, bit-identical.
 
@@ -504,7 +522,7 @@ def _extract_same_size(
             dab_images.append((dab_float * 255).astype(np.uint8))
         with timer("membrane"):
             if membrane_params.mode == "release":
-                binary = stain.saturation(dab_float) > membrane_params.saturation_threshold
+                binary = _saturation(dab_float) > membrane_params.saturation_threshold
             else:
                 background = knowledge.dab_background(dab, tissue_mask(ihc), membrane_params)
                 binary = dab - background > membrane_params.threshold
