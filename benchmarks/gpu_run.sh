@@ -18,7 +18,7 @@
 #   gpu_log.txt       the workers' stderr (tracebacks of failed cases)
 #   gpu_console.txt   this script's console output
 #   nvidia_smi.txt    nvidia-smi before the run
-# Wall: about 8 minutes at most (budget 450 s + 20 s grace + wheel install and start-up), so
+# Wall: about 8 minutes at most (budget 450 s + 15 s grace + wheel install and start-up), so
 # timeout_s=560 leaves the tool's 600 s limit unreached; the device lease (15 min) also pays the machine's start.
 set -uo pipefail
 cd "$(dirname "$0")/.."
