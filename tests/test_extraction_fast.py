@@ -154,6 +154,8 @@ def test_per_value_tables_give_the_numpy_path_bit_for_bit():
         for a, b in zip(fast._white_balanced_hematoxylin(image, params), nuclei._white_balanced_hematoxylin(image, params)):
             assert np.array_equal(a, b)
         index = fast._channel_index(image)
+        logs = rng.random(image.shape) * 10.0 ** rng.uniform(-4, 2, size=image.shape)
+        assert np.array_equal(fast._sum3(logs), logs.sum(axis=-1))  # numpy's order of addition
         assert np.array_equal(fast._saturation(stain.dab_rgb_float(image)), stain.saturation(stain.dab_rgb_float(image)))
         assert np.array_equal(fast._saturation(image / 255.0), stain.saturation(image / 255.0))
         for q in (0.0, 1.0, 25.0, 50.5, 99.0, 99.9, 100.0):
