@@ -546,6 +546,7 @@ def case_slide(case: dict, device, smoke: bool, workdir: Path) -> dict:
         "in_model_calls_over_staining": in_calls / staining if staining > 0 else None,
         "cuda_event_time_over_staining": (gpu_ms / 1e3 / staining) if gpu_ms is not None and staining > 0 else None,
         "nvml_utilisation_during_staining": util,
+        "model_only_over_whole_slide": model_only / wall,  # the statistics pass and assembly included
     }
     notes.append("busy = " + ", ".join(f"{k} {v:.2f}" for k, v in busy.items() if v is not None))
     if sampler.error:
