@@ -5,7 +5,7 @@
 #
 #     run(command="bash benchmarks/gpu_run.sh", carry=[".whl"], timeout_s=560)
 #
-# .whl/ holds cp312 wheels of what the device machine lacks: pydantic, pydantic_core, annotated_types,
+# .whl/ holds Python 3.12 (cp312 / abi3) wheels of what the device machine lacks: pydantic, pydantic_core, annotated_types,
 # typing_inspection (tdkstain's config), openslide-python + openslide-bin (slide reader) and imagecodecs
 # (JPEG in tifffile, for the synthetic slide and the stained output). Without them the slide case reports
 # the missing reader and the rest still runs.
