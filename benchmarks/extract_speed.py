@@ -115,7 +115,9 @@ def run_engine(engine: str, args: argparse.Namespace) -> dict:
                 extract_tiles_torch([tile], params, device)
             sync()
             per_tile.append(time.perf_counter() - start)
-        if engine == "torch":
+    peak_single = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if engine == "torch":
+        for _ in range(args.repeats):
             start = time.perf_counter()
             extract_tiles_torch(tiles, params, device, batch=len(tiles))
             sync()
@@ -132,7 +134,8 @@ def run_engine(engine: str, args: argparse.Namespace) -> dict:
         "s_per_tile": statistics.median(per_tile),
         "s_per_tile_batched": statistics.median(batch_times) if batch_times else None,
         "stages": {k: v / len(tiles) for k, v in stages.seconds.items()},
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_single,
+        "peak_rss_mb_batched": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(),
     }
 
@@ -213,7 +216,7 @@ def main() -> int:
           f"{results['torch']['peak_rss_mb']:.0f} |")
     if batched:
         print(f"| torch, {args.tiles} tiles per call | {batched:.3f} | {1 / batched:.2f} | {numpy_s / batched:.2f} | "
-              "(same process) |")
+              f"{results['torch']['peak_rss_mb_batched']:.0f} |")
     stages = sorted(set(results["numpy"]["stages"]) | set(results["torch"]["stages"]),
                     key=lambda s: -results["numpy"]["stages"].get(s, 0.0))
     print("\n| stage | numpy ms / tile | torch ms / tile |")
