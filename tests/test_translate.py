@@ -34,7 +34,8 @@ def translate(*args: str | os.PathLike) -> int:
 
 def test_names_kept_and_outputs_equal_the_engine(tmp_path, inputs, official_pth):
     out = tmp_path / "out"
-    assert translate("--checkpoint", official_pth, inputs, "--out", out, "--tile", "64", "--overlap", "16", "--device", "cpu") == 0
+    assert translate("--checkpoint", official_pth, inputs, "--out", out, "--tile", "64", "--overlap", "16", "--device", "cpu",
+                     "--compile", "off") == 0
     assert sorted(p.name for p in out.iterdir()) == ["small.png", "wide.png"]
     stainer = Stainer(load_generator(official_pth), device="cpu", tile=64, overlap=16)
     for name in ("small.png", "wide.png"):
@@ -42,6 +43,22 @@ def test_names_kept_and_outputs_equal_the_engine(tmp_path, inputs, official_pth)
         written = read_rgb(out / name)
         assert written.shape == he.shape
         assert np.array_equal(written, stainer.stain_image(he))
+
+
+def test_compile_auto_compiles_big_cpu_jobs_only(tmp_path, inputs, official_pth, capsys):
+    """--compile auto: a job of >= 16 tile passes on the CPU is compiled; its output differs from eager by rounding only."""
+    small = ["--checkpoint", official_pth, inputs / "small.png", "--device", "cpu"]
+    assert translate(*small, "--out", tmp_path / "one") == 0
+    assert "compiling the generator" not in capsys.readouterr().err  # one pass: eager
+    assert translate("--checkpoint", official_pth, inputs, "--out", tmp_path / "many", "--tile", "64", "--overlap", "16",
+                     "--device", "cpu") == 0
+    assert "compiling the generator" in capsys.readouterr().err
+    stainer = Stainer(load_generator(official_pth), device="cpu", tile=64, overlap=16)
+    for name in ("small.png", "wide.png"):
+        eager = stainer.stain_image(read_rgb(inputs / name)).astype(int)
+        compiled = read_rgb(tmp_path / "many" / name).astype(int)
+        assert np.abs(compiled - eager).max() <= 1  # float32 summation order, rounded to uint8
+        assert np.mean(compiled != eager) < 0.01
 
 
 def test_existing_outputs_are_skipped_unless_force(tmp_path, inputs, official_pth, capsys):
