@@ -84,7 +84,10 @@ def train(cfg: Config, out: str | os.PathLike, *, progress: bool = True) -> Trai
             distributed.broadcast_module(net)
     if cfg.train.compile:
         for net in nets.values():
-            net.compile()
+            # Static shapes: G runs at two batch sizes (x with M*x, and the real IHC alone), and the
+            # automatic dynamic-shape recompile this triggers fails in inductor on the paper preset
+            # (torch 2.14.1 on CPU: "cannot determine truth value of Relational"). Each shape compiles once.
+            net.compile(dynamic=False)
 
     stop = objective.total_steps if cfg.train.max_steps is None else min(objective.total_steps, cfg.train.max_steps)
     already_done = state.step > 0 and state.step == stop
