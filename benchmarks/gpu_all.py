@@ -275,21 +275,11 @@ def case_train(case: dict, device, smoke: bool) -> dict:
         notes.append(f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32} matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}")
     compile_s = None
     if case["compile"]:
-        _progress("compiling (net.compile() on each network, first step)")
+        _progress("compiling (net.compile(dynamic=False) on each network, first step)")
         for net in nets.values():
-            net.compile()  # as tdkstain.training does with train.compile
+            net.compile(dynamic=False)  # as tdkstain.training does with train.compile
         t0 = time.perf_counter()
-        try:
-            step()
-        except Exception as err:  # noqa: BLE001 (recorded; retried with static shapes)
-            notes.append(f"net.compile() failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}; "
-                         "retried with net.compile(dynamic=False)")
-            _progress(notes[-1])
-            torch._dynamo.reset()
-            for net in nets.values():
-                net.compile(dynamic=False)
-            t0 = time.perf_counter()
-            step()
+        step()
         _sync(device)
         compile_s = time.perf_counter() - t0
         notes.append(f"torch.compile (first step {compile_s:.1f} s)")
