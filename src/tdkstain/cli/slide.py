@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tdkstain.checkpoints import file_sha256, find_generator_weights
     from tdkstain.errors import TdkstainError
-    from tdkstain.inference import Stainer
+    from tdkstain.cli._staining import stainer_from_args
     from tdkstain.slides import SlideOptions, stain_slide
     from tdkstain.slides.pipeline import check_output_path
 
@@ -105,20 +105,7 @@ def run(args: argparse.Namespace) -> int:
         raise TdkstainError(f"--mpp must be a positive number of microns per pixel, got {args.mpp}")
     checkpoint = Path(args.checkpoint)
     weights = find_generator_weights(checkpoint) if checkpoint.is_dir() else checkpoint
-    stainer, card = Stainer.from_checkpoint(
-        checkpoint,
-        device=args.device,
-        precision=args.precision,
-        tile=args.tile,
-        overlap=args.overlap,
-        batch=args.batch,
-        norm=args.norm,
-        kernel_radius=args.kernel_radius,
-        stat_passes=args.stat_passes,
-        stat_tiles=args.stat_tiles,
-        compile=args.compile == "on",
-        fit_tiles=True,  # pix2pix's U-Net needs multiples of 256: round --tile/--overlap instead of refusing
-    )
+    stainer, card = stainer_from_args(args, checkpoint, stat_passes=args.stat_passes)
     if args.compile == "auto" and stainer.device.type == "cpu":
         stainer.compile = True
     model_mpp = card.get("mpp")

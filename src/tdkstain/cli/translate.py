@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tdkstain.errors import TdkstainError
     from tdkstain.images import image_size, read_rgb_with_notes, write_png
-    from tdkstain.inference import Stainer
+    from tdkstain.cli._staining import stainer_from_args
 
     if args.workers < 1:
         raise TdkstainError(f"--workers must be >= 1, got {args.workers}")
@@ -138,19 +138,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"nothing to do: all {len(jobs)} outputs exist in {out_dir} (pass --force to redo them)")
         return 0
 
-    stainer, card = Stainer.from_checkpoint(
-        args.checkpoint,
-        device=args.device,
-        precision=args.precision,
-        tile=args.tile,
-        overlap=args.overlap,
-        batch=args.batch,
-        norm=args.norm,
-        kernel_radius=args.kernel_radius,
-        stat_tiles=args.stat_tiles,
-        compile=args.compile == "on",
-        fit_tiles=True,
-    )
+    stainer, card = stainer_from_args(args, args.checkpoint)
     kwargs = card.get("kwargs", {})
     if (stainer.tile, stainer.overlap) != (args.tile, args.overlap):
         print(f"{card.get('network')} takes sides that are multiples of {stainer.align}: tile {stainer.tile}, overlap {stainer.overlap}", file=sys.stderr)
