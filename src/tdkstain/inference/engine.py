@@ -131,8 +131,8 @@ class Stainer:
             more): their activations are held together, layer by layer.
         compile: stain through ``torch.compile`` (inductor, weights frozen
             as constants): fuses instance norm, ReLU, padding and the layout
-            changes around the convolutions: on a 2-core CPU 1.29x faster
-            in fp32 and 1.73x in bf16 at 1024 px tiles (benchmarks/README.md),
+            changes around the convolutions: on a 2-core CPU 1.3x faster
+            in fp32 and 1.75x in bf16 at 1024 px tiles (benchmarks/README.md),
             after a one-off compilation of 10-30 s per tile shape and batch
             size. Outputs differ from eager by float rounding. Worth it for
             slides and folders of images; statistics gathering stays eager.
