@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every CPU benchmark of benchmarks/README.md, one after the other, into one folder.
 #   bash benchmarks/run_cpu.sh [OUT_DIR]        (default: benchmarks/results/cpu-DATE)
-# Takes about 50 minutes on 2 cores. Run it on a quiet machine: these figures are
+# Takes about 75 minutes on 2 cores. Run it on a quiet machine: these figures are
 # compared with same-run limits, but a neighbour's load still skews them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
