@@ -25,9 +25,8 @@ from tdkstain.checkpoints import (
 from tdkstain.cli import import_checkpoint
 from tdkstain.errors import TdkstainError
 from tdkstain.networks import MultiscaleDiscriminator, NucleiDensityEstimator, ResnetGenerator, init_weights
+from conftest import OFFICIAL
 
-OFFICIAL = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official"
-needs_fixtures = pytest.mark.skipif(not OFFICIAL.is_dir(), reason=f"reference fixtures not found at {OFFICIAL}")
 OFFICIAL_G = OFFICIAL / "official_G_ngf8.pth"
 
 
@@ -66,7 +65,6 @@ def assert_matches_io_fixture(generator: ResnetGenerator) -> dict[str, float]:
 # --------------------------------------------------------------------------- the authors' checkpoint
 
 
-@needs_fixtures
 def test_official_generator_loads_and_matches_fixture():
     generator = load_official_generator(OFFICIAL_G)
     assert generator.init_kwargs == dict(
@@ -76,7 +74,6 @@ def test_official_generator_loads_and_matches_fixture():
     assert_matches_io_fixture(generator)
 
 
-@needs_fixtures
 def test_import_cli_round_trip_matches_fixture(tmp_path, capsys):
     out = tmp_path / "weights" / "generator.safetensors"
     assert run_import_cli([str(OFFICIAL_G), "--out", str(out), "--mpp", "0.5", "--tile-size", "1024"]) == 0
@@ -99,7 +96,6 @@ def test_import_cli_round_trip_matches_fixture(tmp_path, capsys):
     assert run_import_cli([str(OFFICIAL_G), "--out", str(out), "--force"]) == 0
 
 
-@needs_fixtures
 def test_release_test_script_path_on_he_crop():
     """he_crop128.png through the release's test path: /255, normalise to [-1, 1], G, (y+1)/2*255, truncate."""
     generator = load_generator(OFFICIAL_G)
@@ -140,7 +136,6 @@ def test_malicious_pickle_is_refused(tmp_path):
     assert not target.exists()
 
 
-@needs_fixtures
 def test_wrong_architecture_checkpoint_names_the_file(tmp_path):
     torch.manual_seed(0)
     discriminator_file = tmp_path / "latest_net_D.pth"

@@ -16,7 +16,7 @@ from tdkstain.demo_report import beats_baselines, tile_scores
 from tdkstain.images import write_png
 
 # The Chromium probe of the evaluation report's test: same flags, same load-time image check.
-from test_report_render import CHROMIUM_FLAGS, PROBE, _chromium
+from conftest import CHROMIUM_FLAGS, PROBE, chromium
 
 
 class _Links(HTMLParser):
@@ -83,7 +83,7 @@ def test_demo_report_links_only_to_files_that_exist(demo):
 
 @pytest.mark.slow
 def test_demo_report_renders_in_headless_chromium_without_broken_images(demo, tmp_path):
-    browser = _chromium()
+    browser = chromium()
     if browser is None:
         pytest.skip("chromium is not installed (apt-get install chromium); CI installs it")
     report = demo[0] / "report" / "index.html"

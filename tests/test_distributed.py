@@ -11,13 +11,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from tdkstain import distributed
+from conftest import TINY, biases_before_instance_norm, make_dataset
 
 STEPS = 3
 
 
 def _config(root: Path, batch: int):
-    from test_training import TINY
-
     from tdkstain.config import build_config
 
     return build_config({}, [*TINY, f"data.root={root}", f"data.batch={batch}", f"train.max_steps={STEPS}", "data.val_pairs=1"])
@@ -38,23 +37,8 @@ def _worker(rank: int, world: int, root: str, out: str, store: str) -> None:
         dist.destroy_process_group()
 
 
-def biases_before_instance_norm(nets: dict[str, torch.nn.Module]) -> set[str]:
-    names = set()
-    for net_name, net in nets.items():
-        for seq_name, seq in net.named_modules():
-            if not isinstance(seq, torch.nn.Sequential):
-                continue
-            layers = list(seq)
-            for i, (layer, after) in enumerate(zip(layers, layers[1:])):
-                if isinstance(layer, torch.nn.modules.conv._ConvNd) and isinstance(after, torch.nn.InstanceNorm2d):
-                    names.add(f"{net_name}.{seq_name}.{i}.bias".replace("..", "."))
-    return names
-
-
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process_on_the_global_batch(tmp_path):
-    from test_training import make_dataset
-
     from tdkstain.training import train
 
     root = make_dataset(tmp_path / "data", n_train=4, n_test=1)

@@ -442,10 +442,10 @@ def test_stained_fraction_check_logic():
 # --------------------------------------------------------------------------- a real IHC image, through a manifest
 
 
-def test_real_ihc_through_a_manifest_matches_the_release_fixture(shared_dir, tmp_path):
+def test_real_ihc_through_a_manifest_matches_the_release_fixture(fixtures_dir, tmp_path):
     """The dataset run in release mode writes what the authors' release writes (issue 2 fixture, issue 10)."""
-    ihc_source = shared_dir / "data" / "ihc_skimage_colon.png"
-    fixture = np.load(shared_dir / "fixtures" / "official" / "official_dab_skimage_ihc.npz")
+    ihc_source = fixtures_dir / "data" / "ihc_skimage_colon.png"
+    fixture = np.load(fixtures_dir / "official" / "official_dab_skimage_ihc.npz")
     root = tmp_path / "real"
     (root / "tiles").mkdir(parents=True)
     shutil.copy(ihc_source, root / "tiles" / "colon_ihc.png")

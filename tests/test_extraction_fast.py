@@ -198,10 +198,10 @@ def test_engine_equals_extract_tile_with_other_settings():
         assert_same_knowledge(knowledge.extract_tile(tile, params), extract_tiles_torch([tile], params)[0], str(setting))
 
 
-def test_engine_equals_extract_tile_on_a_real_ihc_image(shared_dir):
+def test_engine_equals_extract_tile_on_a_real_ihc_image(fixtures_dir):
     from tdkstain.images import read_rgb
 
-    ihc = read_rgb(shared_dir / "data" / "ihc_skimage_colon.png")
+    ihc = read_rgb(fixtures_dir / "data" / "ihc_skimage_colon.png")
     for params in (params_for("adaptive"), params_for("release")):
         (got,) = extract_tiles_torch([ihc], params)
         assert len(got.centroids) > 50

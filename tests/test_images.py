@@ -25,6 +25,7 @@ from tdkstain.images import (
     write_image,
     write_png,
 )
+from conftest import EXAMPLES
 
 RNG = np.random.default_rng(20240601)
 
@@ -293,8 +294,8 @@ def test_write_refuses_what_it_cannot_store(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_real_he_jpeg_reads(shared_dir):
-    path = shared_dir / "data" / "he_stardist_histo.jpg"
+def test_real_he_jpeg_reads(fixtures_dir):
+    path = fixtures_dir / "data" / "he_stardist_histo.jpg"
     if not path.exists():
         pytest.skip(f"{path} missing")
     out = no_conversion_warning(read_rgb, path)
@@ -354,9 +355,9 @@ def test_tiff_with_associated_alpha_is_composited_over_white(tmp_path):
     assert np.abs(out.astype(np.float64) - expected).max() <= 1.0
 
 
-def test_real_svs_reads_through_the_pillow_fallback(shared_dir):
+def test_real_svs_reads_through_the_pillow_fallback(fixtures_dir):
     # JPEG-compressed TIFF tiles: tifffile needs imagecodecs for them, Pillow does not.
-    path = shared_dir / "data" / "he_cmu_small_region.svs"
+    path = EXAMPLES / "he_cmu_small_region.svs"
     if not path.exists():
         pytest.skip(f"{path} missing")
     with pytest.warns(ImageConversionWarning, match=r"first of \d+ TIFF pages"):  # thumbnail, label, macro

@@ -221,12 +221,12 @@ def test_global_statistics_of_the_whole_image_make_tiles_equal_whole_image_infer
     assert np.abs(naive - whole).mean() > 1.0
 
 
-def test_consistent_modes_are_closer_to_whole_image_than_per_tile_norm(shared_dir):
+def test_consistent_modes_are_closer_to_whole_image_than_per_tile_norm(fixtures_dir):
     from tdkstain.checkpoints import load_generator
     from tdkstain.images import read_rgb
 
-    g = load_generator(shared_dir / "fixtures" / "official" / "official_G_ngf8.pth")
-    he = read_rgb(shared_dir / "data" / "he_tiatoolbox_target.png")[:256, :256]
+    g = load_generator(fixtures_dir / "official" / "official_G_ngf8.pth")
+    he = read_rgb(fixtures_dir / "data" / "he_tiatoolbox_target.png")[:256, :256]
     whole = Stainer(g, device="cpu", tile=256).stain_image(he, as_float=True)
     naive = Stainer(g, device="cpu", tile=128, overlap=32, norm="tile").stain_image(he, as_float=True)
     for norm in ("global", "kernel"):
@@ -234,12 +234,12 @@ def test_consistent_modes_are_closer_to_whole_image_than_per_tile_norm(shared_di
         assert np.abs(consistent - whole).mean() < 0.8 * np.abs(naive - whole).mean(), norm
 
 
-def test_sequential_statistics_over_tile_cores_equal_whole_image_statistics(shared_dir):
+def test_sequential_statistics_over_tile_cores_equal_whole_image_statistics(fixtures_dir):
     from tdkstain.checkpoints import load_generator
     from tdkstain.images import read_rgb
 
-    g = load_generator(shared_dir / "fixtures" / "official" / "official_G_ngf8.pth")
-    he = read_rgb(shared_dir / "data" / "he_tiatoolbox_target.png")[:256, :256]
+    g = load_generator(fixtures_dir / "official" / "official_G_ngf8.pth")
+    he = read_rgb(fixtures_dir / "data" / "he_tiatoolbox_target.png")[:256, :256]
     (exact,) = Stainer(g, device="cpu", tile=256).tile_stats([he])  # one piece: instance norm's own statistics
     stainer = Stainer(g, device="cpu", tile=128, overlap=32, batch=3)
     grid = stainer.grid(256, 256)
@@ -261,12 +261,12 @@ def test_sequential_statistics_over_tile_cores_equal_whole_image_statistics(shar
     assert error(one_pass) > 2 * error(sequential), (error(one_pass), error(sequential))
 
 
-def test_default_global_mode_matches_whole_image_inference_on_real_he(shared_dir):
+def test_default_global_mode_matches_whole_image_inference_on_real_he(fixtures_dir):
     from tdkstain.checkpoints import load_generator
     from tdkstain.images import read_rgb
 
-    g = load_generator(shared_dir / "fixtures" / "official" / "official_G_ngf8.pth")
-    he = read_rgb(shared_dir / "data" / "he_tiatoolbox_target.png")[:256, :256]
+    g = load_generator(fixtures_dir / "official" / "official_G_ngf8.pth")
+    he = read_rgb(fixtures_dir / "data" / "he_tiatoolbox_target.png")[:256, :256]
     whole = Stainer(g, device="cpu", tile=256).stain_image(he, as_float=True)
     default = Stainer(g, device="cpu", tile=128, overlap=32)
     assert default.norm == "global"
@@ -280,12 +280,12 @@ def test_default_global_mode_matches_whole_image_inference_on_real_he(shared_dir
     assert np.abs(tiled - whole).mean() < np.abs(subset - whole).mean() < 0.9 * np.abs(naive - whole).mean()
 
 
-def test_a_second_statistics_pass_brings_the_second_layer_closer_to_whole_image_statistics(shared_dir):
+def test_a_second_statistics_pass_brings_the_second_layer_closer_to_whole_image_statistics(fixtures_dir):
     from tdkstain.checkpoints import load_generator
     from tdkstain.images import read_rgb
 
-    g = load_generator(shared_dir / "fixtures" / "official" / "official_G_ngf8.pth")
-    he = read_rgb(shared_dir / "data" / "he_tiatoolbox_target.png")[:256, :256]
+    g = load_generator(fixtures_dir / "official" / "official_G_ngf8.pth")
+    he = read_rgb(fixtures_dir / "data" / "he_tiatoolbox_target.png")[:256, :256]
     (exact,) = Stainer(g, device="cpu", tile=256).tile_stats([he])
     stainer = Stainer(g, device="cpu", tile=128, overlap=0)
     grid = stainer.grid(256, 256)
@@ -314,11 +314,11 @@ def test_any_size_gives_the_same_size(shape):
     assert out.shape == (*shape, 3) and out.dtype == np.uint8
 
 
-def test_small_image_is_stained_whole_like_the_release(shared_dir):
+def test_small_image_is_stained_whole_like_the_release(fixtures_dir):
     from tdkstain.checkpoints import load_generator
     from tdkstain.images import read_rgb
 
-    official = shared_dir / "fixtures" / "official"
+    official = fixtures_dir / "official"
     g = load_generator(official / "official_G_ngf8.pth")
     he = read_rgb(official / "he_crop128.png")
     out = Stainer(g, device="cpu", tile=512).stain_image(he).astype(int)
@@ -374,12 +374,12 @@ def test_seam_score_is_high_for_a_visible_border_and_about_one_without():
     assert np.isnan(seam_score(texture, 256, 0))  # one tile: no border
 
 
-def test_default_mode_has_fewer_seams_than_naive_tiling_on_real_he(shared_dir):
+def test_default_mode_has_fewer_seams_than_naive_tiling_on_real_he(fixtures_dir):
     from tdkstain.checkpoints import load_generator
     from tdkstain.images import read_rgb
 
-    g = load_generator(shared_dir / "fixtures" / "official" / "official_G_ngf8.pth")
-    he = read_rgb(shared_dir / "data" / "he_tiatoolbox_target.png")[:256, :256]
+    g = load_generator(fixtures_dir / "official" / "official_G_ngf8.pth")
+    he = read_rgb(fixtures_dir / "data" / "he_tiatoolbox_target.png")[:256, :256]
     naive = Stainer(g, device="cpu", tile=128, overlap=0, norm="tile")
     default = Stainer(g, device="cpu", tile=128, overlap=16)
     naive_score = seam_score(naive.stain_image(he), 0, grid=naive.grid(256, 256))

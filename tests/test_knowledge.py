@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,10 +11,10 @@ import torch
 from tdkstain import knowledge, stain
 from tdkstain.errors import TdkstainError
 from tdkstain.knowledge import ExtractionParams, MembraneParams
+from conftest import DATA, OFFICIAL
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FIXTURE = SHARED / "fixtures" / "official" / "official_dab_skimage_ihc.npz"
-IHC_PNG = SHARED / "data" / "ihc_skimage_colon.png"
+FIXTURE = OFFICIAL / "official_dab_skimage_ihc.npz"
+IHC_PNG = DATA / "ihc_skimage_colon.png"
 
 RELEASE = MembraneParams(mode="release")
 ADAPTIVE = MembraneParams(mode="adaptive")
@@ -47,8 +46,6 @@ def synth_tiles():
 
 
 def test_release_mode_reproduces_official_fixture():
-    if not FIXTURE.exists() or not IHC_PNG.exists():
-        pytest.skip(f"official fixture not found under {SHARED}")
     from PIL import Image
 
     ihc = np.asarray(Image.open(IHC_PNG).convert("RGB"))

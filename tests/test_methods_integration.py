@@ -30,14 +30,6 @@ SHRINK = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def paired(tmp_path_factory) -> Path:
     from tdkstain.synth import write_dataset

@@ -47,14 +47,6 @@ def synth_data(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _train(variant: str, data: Path, out: Path, steps: int) -> int:
     preset = variant.removesuffix("-unpaired")
     return main(["train", "--config", preset, "--data", str(data), "--out", str(out), "--no-progress",

@@ -262,13 +262,13 @@ def _torch_fidelity_state_dict(jit_path: Path, out: Path) -> Path:
     return out
 
 
-def test_inception_features_equal_torch_fidelity_extractor(shared_dir, tmp_path):
+def test_inception_features_equal_torch_fidelity_extractor(fixtures_dir, tmp_path):
     """Our resize + normalisation + TorchScript network vs torch-fidelity's extractor on the same weights (3 tiles)."""
     pytest.importorskip("torch_fidelity")
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     extractor = _inception_or_skip()
-    real, _ = _tissue_crops(shared_dir, 3, 96)
+    real, _ = _tissue_crops(fixtures_dir, 3, 96)
     weights = _torch_fidelity_state_dict(extractor.weights_path, tmp_path / "inception_tf.pth")
     reference_net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights))
     with torch.no_grad():
@@ -278,12 +278,12 @@ def test_inception_features_equal_torch_fidelity_extractor(shared_dir, tmp_path)
     np.testing.assert_allclose(ours, reference, atol=1e-4 * np.abs(reference).max())
 
 
-def _tissue_crops(shared_dir: Path, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _tissue_crops(fixtures_dir: Path, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     from tdkstain.images import read_rgb
 
     rng = np.random.default_rng(9)
-    he = read_rgb(shared_dir / "data" / "he_tiatoolbox_target.png")
-    ihc = read_rgb(shared_dir / "data" / "ihc_skimage_colon.png")
+    he = read_rgb(fixtures_dir / "data" / "he_tiatoolbox_target.png")
+    ihc = read_rgb(fixtures_dir / "data" / "ihc_skimage_colon.png")
 
     def crops(image):
         ys = rng.integers(0, image.shape[0] - size, n)
@@ -294,7 +294,7 @@ def _tissue_crops(shared_dir: Path, n: int, size: int) -> tuple[np.ndarray, np.n
 
 
 @pytest.mark.slow
-def test_fid_kid_equal_torch_fidelity_with_the_same_network(shared_dir, tmp_path):
+def test_fid_kid_equal_torch_fidelity_with_the_same_network(fixtures_dir, tmp_path):
     """Whole pipeline against torch-fidelity 0.4.0's ``calculate_metrics`` (uint8 in, FID/KID out).
 
     torch-fidelity cannot download its Inception weights here, so it is given
@@ -307,7 +307,7 @@ def test_fid_kid_equal_torch_fidelity_with_the_same_network(shared_dir, tmp_path
     """
     torch_fidelity = pytest.importorskip("torch_fidelity")
     extractor = _inception_or_skip()
-    real, fake = _tissue_crops(shared_dir, 8, 160)
+    real, fake = _tissue_crops(fixtures_dir, 8, 160)
     weights = _torch_fidelity_state_dict(extractor.weights_path, tmp_path / "inception_tf.pth")
 
     class Images(torch.utils.data.Dataset):

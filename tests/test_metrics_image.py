@@ -22,8 +22,8 @@ def _reference(real: np.ndarray, fake: np.ndarray) -> tuple[float, float]:
     )
 
 
-def test_equal_to_scikit_image_on_real_ihc(shared_dir):
-    real = read_rgb(shared_dir / "data" / "ihc_skimage_colon.png")[:256, :256]
+def test_equal_to_scikit_image_on_real_ihc(fixtures_dir):
+    real = read_rgb(fixtures_dir / "data" / "ihc_skimage_colon.png")[:256, :256]
     rng = np.random.default_rng(0)
     # A plausible "generated" image: the real one blurred a little, noisy, colour-shifted.
     fake = np.clip(real.astype(np.float64) * 0.9 + 12 + rng.normal(0, 8, real.shape), 0, 255).astype(np.uint8)

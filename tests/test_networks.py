@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +16,8 @@ from tdkstain.networks import (
     create_networks,
     init_weights,
 )
+from conftest import OFFICIAL
 
-OFFICIAL = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official"
-needs_fixtures = pytest.mark.skipif(not OFFICIAL.is_dir(), reason=f"reference fixtures not found at {OFFICIAL}")
 
 
 def tiny_generator(**kwargs) -> ResnetGenerator:
@@ -37,14 +35,12 @@ def _keys_and_shapes(module: torch.nn.Module) -> list[list]:
     return [[key, list(value.shape)] for key, value in module.state_dict().items()]
 
 
-@needs_fixtures
 def test_generator_keys_and_shapes_equal_release(paper_networks):
     reference = json.loads((OFFICIAL / "official_generator_keys.json").read_text())
     assert reference["config"]["ngf"] == 64 and reference["config"]["n_blocks"] == 9
     assert _keys_and_shapes(paper_networks.generator) == reference["state_dict_keys"]
 
 
-@needs_fixtures
 def test_discriminator_and_estimator_keys_and_shapes_equal_release(paper_networks):
     reference = json.loads((OFFICIAL / "official_D_E_keys.json").read_text())
     assert _keys_and_shapes(paper_networks.discriminator) == reference["discriminator"]
@@ -61,7 +57,6 @@ def test_paper_parameter_counts(paper_networks):
     assert paper_networks.estimator.init_kwargs["input_nc"] == 896
 
 
-@needs_fixtures
 def test_release_generator_output_and_taps_equal_fixture():
     """The release's own ngf-8 weights and its outputs for a fixed input."""
     generator = ResnetGenerator(ngf=8).eval()

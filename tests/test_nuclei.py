@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 import types
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,14 +20,12 @@ from tdkstain.nuclei import (
     pool_centroids,
     score_detection,
 )
+from conftest import DATA
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-REAL_IHC = SHARED / "data" / "ihc_skimage_colon.png"
+REAL_IHC = DATA / "ihc_skimage_colon.png"
 
 
 def _real_ihc() -> np.ndarray:
-    if not REAL_IHC.is_file():
-        pytest.skip(f"shared real image missing: {REAL_IHC}")
     from skimage import io
 
     return io.imread(REAL_IHC)[..., :3]

@@ -26,15 +26,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # On a shared 2-core machine two intra-op threads run ~20x slower than one for tiny nets.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(*overrides: str):
     return build_config({}, [*TINY, *overrides])
 

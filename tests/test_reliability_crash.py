@@ -32,18 +32,10 @@ import torch
 from tdkstain.errors import TdkstainError
 from tdkstain.training import checkpoint_files, load_checkpoint, train
 
-from test_training import TINY, make_dataset, tiny
+from conftest import TINY, make_dataset, tiny
 
 # One thread everywhere: the machine is shared, and thread count must not differ between runs.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _tdkstain(*args: str | os.PathLike) -> subprocess.CompletedProcess:

@@ -22,7 +22,6 @@ import pytest
 import tifffile
 import torch
 
-from tdkstain.atomic import atomic_path
 from tdkstain.cli import main
 from tdkstain.config import load_config
 from tdkstain.data import AlignedTiles, split_pairs, tile_files
@@ -30,15 +29,7 @@ from tdkstain.errors import TdkstainError
 from tdkstain.images import read_rgb, write_png
 from tdkstain.training import train
 
-from test_training import make_dataset, tiny
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from conftest import make_dataset, tiny
 
 
 @pytest.fixture(scope="module")

@@ -3,34 +3,16 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
 
+from conftest import CHROMIUM_FLAGS, PROBE, chromium
 from tdkstain.evaluation import EvaluationOptions, evaluate, remove_dab
 from tdkstain.images import write_png
 from tdkstain.synth import her2_label, render_pair
-
-CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-)
-# Runs after every image has loaded or failed: the title becomes "images=N broken=M".
-PROBE = """<script>
-window.addEventListener('load', function () {
-  var images = Array.prototype.slice.call(document.images);
-  var broken = images.filter(function (im) { return !im.complete || im.naturalWidth === 0; });
-  document.title = 'images=' + images.length + ' broken=' + broken.length +
-                   ' names=' + broken.map(function (im) { return im.getAttribute('src'); }).join(',');
-});
-</script>"""
-
-
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +39,7 @@ def test_report_links_only_to_files_that_exist(report):
 
 
 def test_report_renders_in_headless_chromium_without_broken_images(report, tmp_path):
-    browser = _chromium()
+    browser = chromium()
     if browser is None:
         pytest.skip("chromium is not installed (apt-get install chromium); CI installs it")
     probe = report / "_render_probe.html"  # beside index.html, so its relative links resolve the same
@@ -76,7 +58,7 @@ def test_report_renders_in_headless_chromium_without_broken_images(report, tmp_p
 
 def test_report_probe_detects_a_broken_image(report, tmp_path):
     """The browser check itself can fail: a page with a missing image is caught."""
-    browser = _chromium()
+    browser = chromium()
     if browser is None:
         pytest.skip("chromium is not installed (apt-get install chromium); CI installs it")
     page = report / "_broken_probe.html"

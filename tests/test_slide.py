@@ -36,23 +36,13 @@ from tdkstain.slides import (  # noqa: E402
 )
 from tdkstain.slides.tissue import tiles_touching  # noqa: E402
 from tdkstain.slides.writer import halve  # noqa: E402
+from conftest import EXAMPLES, OFFICIAL
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-CMU_SVS = SHARED / "data" / "he_cmu_small_region.svs"
-needs_cmu = pytest.mark.skipif(not CMU_SVS.is_file(), reason=f"real slide not found at {CMU_SVS}")
+CMU_SVS = EXAMPLES / "he_cmu_small_region.svs"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def he_like(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -350,7 +340,6 @@ def test_cli_on_the_synthetic_slide(synthetic_slide, tiny_checkpoint, tmp_path, 
     assert (out.parent / "slide.thumbnail.png").is_file()
 
 
-@needs_cmu
 def test_cli_on_a_real_aperio_slide(tiny_checkpoint, tmp_path, capsys):
     """The real CMU-1 region (2220x2967 at 0.499 um/px), stained at 2 um/px to stay fast."""
     out = tmp_path / "cmu.tif"
@@ -367,12 +356,9 @@ def test_cli_on_a_real_aperio_slide(tiny_checkpoint, tmp_path, capsys):
     assert skipped > 0  # the region's glass corners
 
 
-@needs_cmu
 @pytest.mark.slow
 def test_cli_with_the_authors_checkpoint_on_the_real_slide(tmp_path):
-    official = SHARED / "fixtures" / "official" / "official_G_ngf8.pth"
-    if not official.is_file():
-        pytest.skip(f"fixture not found: {official}")
+    official = OFFICIAL / "official_G_ngf8.pth"
     out = tmp_path / "cmu_official.tif"
     code, stderr = run_cli("slide", "--checkpoint", str(official), str(CMU_SVS), "--out", str(out))
     assert code == 2 and "--mpp" in stderr and not out.exists()  # the .pth records no resolution

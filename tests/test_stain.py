@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,16 +9,14 @@ import skimage.color
 import torch
 
 from tdkstain import stain
+from conftest import DATA, OFFICIAL
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FIXTURE = SHARED / "fixtures" / "official" / "official_dab_skimage_ihc.npz"
-IHC_PNG = SHARED / "data" / "ihc_skimage_colon.png"
+FIXTURE = OFFICIAL / "official_dab_skimage_ihc.npz"
+IHC_PNG = DATA / "ihc_skimage_colon.png"
 
 
 @pytest.fixture(scope="module")
 def official():
-    if not FIXTURE.exists() or not IHC_PNG.exists():
-        pytest.skip(f"official fixture not found under {SHARED}")
     from PIL import Image
 
     ihc = np.asarray(Image.open(IHC_PNG).convert("RGB"))

@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy import ndimage
 
-from tdkstain.config import build_config
 from tdkstain.data import AlignedTiles, EpochBatchSampler, split_pairs, tile_files
 from tdkstain.errors import TdkstainError
 from tdkstain.training import (
@@ -21,66 +19,13 @@ from tdkstain.training import (
     load_checkpoint,
     train,
 )
-
-TINY = [
-    "model.ngf=4", "model.n_blocks=1", "model.ndf=4", "model.num_d=2", "model.nef=4", "model.estimator_blocks=1",
-    "data.crop=32", "data.batch=2", "data.val_pairs=2", "train.device=cpu", "train.tensorboard=false",
-    "train.log_every=1", "train.val_every=3", "train.checkpoint_every=2", "train.keep_last=2",
-]
-
-
-def _png(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-
-
-def make_dataset(root: Path, n_train: int = 4, n_test: int = 2, size: int = 48, seed: int = 0, knowledge: bool = True) -> Path:
-    """Release-layout pairs plus knowledge maps with exact, learnable structure.
-
-    H&E: smooth random colour fields. IHC: a fixed per-pixel colour map of
-    the H&E (so a generator can learn it exactly). DAB image, membrane mask
-    and density map: plausible uint8 images in the extractor's folders.
-    """
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("test", n_test)):
-        for i in range(n):
-            stem = f"tile_{i:03d}_{'0 1+ 2+ 3+'.split()[i % 4]}"
-            field = ndimage.gaussian_filter(rng.random((size, size, 3)), (3, 3, 0))
-            field = (field - field.min()) / (np.ptp(field) + 1e-9)
-            he = (60 + 180 * field).astype(np.uint8)
-            ihc = (255 - 0.8 * he[..., ::-1]).astype(np.uint8)
-            _png(root / f"{split}_HE" / f"{stem}.png", he)
-            _png(root / f"{split}_IHC" / f"{stem}.png", ihc)
-            if knowledge:
-                brown = (ihc[..., 2] < 120)
-                dab = np.where(brown[..., None], np.array([150, 90, 40], np.uint8), np.uint8(255)).astype(np.uint8)
-                mask = (ndimage.gaussian_filter(brown.astype(float), 2) * 255).astype(np.uint8)
-                dots = np.zeros((size, size))
-                dots[tuple(rng.integers(0, size, (2, 6)))] = 1
-                density = ndimage.gaussian_filter(dots, 3)
-                density = (255 * density / density.max()).astype(np.uint8)
-                _png(root / f"{split}_IHC_dab" / f"{stem}.png", dab)
-                _png(root / f"{split}_IHC_dab_mask" / f"{stem}.png", mask)
-                _png(root / f"{split}_IHC_nuclei_map" / f"{stem}.png", density)
-    return root
-
+from conftest import TINY, biases_before_instance_norm, make_dataset, tiny
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("data"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # On a shared 2-core machine two intra-op threads run ~20x slower than one for tiny nets.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny(root: Path, *overrides: str):
-    return build_config({}, [*TINY, f"data.root={root}", *overrides])
 
 
 def weights(result) -> dict[str, torch.Tensor]:
@@ -285,7 +230,6 @@ def test_compiled_training_runs_and_matches_eager(dataset, tmp_path):
     weights_at_start = weights(train(tiny(dataset, "train.max_steps=0"), tmp_path / "start", progress=False))
     eager = train(tiny(dataset, "train.max_steps=2"), tmp_path / "eager", progress=False)
     compiled = train(tiny(dataset, "train.max_steps=2", "train.compile=true"), tmp_path / "compiled", progress=False)
-    from test_distributed import biases_before_instance_norm
 
     want, got = weights(eager), weights(compiled)
     assert want.keys() == got.keys()

@@ -15,14 +15,14 @@ from tdkstain.inference import Stainer
 
 
 @pytest.fixture(scope="module")
-def official_pth(shared_dir) -> Path:
-    return shared_dir / "fixtures" / "official" / "official_G_ngf8.pth"
+def official_pth(fixtures_dir) -> Path:
+    return fixtures_dir / "official" / "official_G_ngf8.pth"
 
 
 @pytest.fixture()
-def inputs(tmp_path, shared_dir) -> Path:
+def inputs(tmp_path, fixtures_dir) -> Path:
     folder = tmp_path / "he"
-    he = read_rgb(shared_dir / "data" / "he_tiatoolbox_target.png")
+    he = read_rgb(fixtures_dir / "data" / "he_tiatoolbox_target.png")
     write_png(folder / "small.png", he[:64, :80])
     write_png(folder / "wide.png", he[100:172, 0:200])  # larger than --tile 64: tiled
     return folder
