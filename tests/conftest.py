@@ -42,7 +42,7 @@ def one_torch_thread():
 # ----------------------------------------------------------------------------- tiny training runs
 
 TINY = [
-    "model.ngf=4", "model.n_blocks=1", "model.ndf=4", "model.num_d=2", "model.nef=4", "model.estimator_blocks=1",
+    "model.ngf=4", "model.n_blocks=1", "model.ndf=4", "model.num_d=1", "model.nef=4", "model.estimator_blocks=1",
     "data.crop=32", "data.batch=2", "data.val_pairs=2", "train.device=cpu", "train.tensorboard=false",
     "train.log_every=1", "train.val_every=3", "train.checkpoint_every=2", "train.keep_last=2",
 ]

@@ -207,10 +207,11 @@ def test_save_load_round_trip_with_card(tmp_path):
 
 def test_load_network_builds_discriminator_and_refuses_it_as_generator(tmp_path):
     torch.manual_seed(1)
-    discriminator = init_weights(MultiscaleDiscriminator(ndf=4, num_D=2))
+    discriminator = init_weights(MultiscaleDiscriminator(ndf=4, num_D=2, padding=2))
     path = save_network(tmp_path / "d.safetensors", discriminator)
     loaded, card = load_network(path)
     assert isinstance(loaded, MultiscaleDiscriminator) and card["network"] == "MultiscaleDiscriminator"
+    assert card["kwargs"]["padding"] == loaded.init_kwargs["padding"] == 2  # the padding travels with the weights
     pair = torch.rand(1, 6, 32, 32)
     with torch.no_grad():
         for a, b in zip(loaded(pair), discriminator(pair)):

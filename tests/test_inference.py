@@ -103,6 +103,22 @@ def test_blend_weights_of_interior_tiles_sum_to_one_over_a_uniform_grid():
             assert np.all(w[:margin] == 0) and np.all(w[:, -margin:] == 0)
 
 
+def test_blend_weights_are_linear_ramps_across_the_overlap():
+    # tile 40, overlap 16, margin 4: 4 px at 0, then a ramp of width 8 (pixel centres), then 1.
+    ramp = np.array([0, 0, 0, 0, 0.0625, 0.1875, 0.3125, 0.4375, 0.5625, 0.6875, 0.8125, 0.9375, 1, 1, 1, 1])
+    w = blend_weights(40, 16, margin=4)
+    np.testing.assert_allclose(w[20, :16], ramp, atol=1e-7)
+    np.testing.assert_allclose(w[20, -16:], ramp[::-1], atol=1e-7)
+    np.testing.assert_allclose(w[:16, 20], ramp, atol=1e-7)
+    # The grid the stainers use: two tiles side by side, 40 wide, overlap 16, no margin.
+    grid = TileGrid(40, 64, 40, 16)
+    left, right = (grid.weights(p) for p in grid.positions)
+    across = (np.arange(16) + 0.5) / 16  # one ramp over the whole overlap, columns 24..39 of the image
+    np.testing.assert_allclose(right[0, :16], across, atol=1e-7)
+    np.testing.assert_allclose(left[0, 24:], 1 - across, atol=1e-7)
+    assert np.all(left[:, :24] == 1) and np.all(right[:, 16:] == 1)
+
+
 def test_blender_reconstructs_an_image_from_its_tiles_exactly():
     image = random_he(75, 143).astype(np.float32)
     grid = TileGrid(75, 143, 32, 12)

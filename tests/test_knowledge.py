@@ -210,6 +210,17 @@ def _reference_density(centroids, shape, sigma, mode):
     return out
 
 
+def test_density_default_sigma_is_the_releases_11_px():
+    """Pinned against a hand-written Gaussian: 11 px from a lone nucleus the map is exp(-1/2) of its peak."""
+    centre = np.array([[100.0, 100.0]])
+    expected = np.exp(-(np.arange(0, 23) ** 2) / (2 * 11.0**2))  # the release's sigma 11 (get_nuclei_map.py)
+    for density in (knowledge.density_map(centre, (201, 201)),
+                    knowledge.density_map(centre, (201, 201), ExtractionParams().density_sigma)):
+        # 100 px from the nucleus the Gaussian is below 1e-17, so min-max leaves value / peak
+        np.testing.assert_allclose(density[100, 100:123], expected, rtol=0, atol=2e-6)
+        np.testing.assert_allclose(density[100:123, 100], expected, rtol=0, atol=2e-6)
+
+
 def test_density_minmax_matches_reference():
     centroids = np.array([[10.2, 12.7], [30.0, 40.4], [30.6, 41.0], [0.0, 63.0], [70.0, -5.0]])
     shape, sigma = (48, 64), 3.0

@@ -74,6 +74,39 @@ def test_release_generator_output_and_taps_equal_fixture():
         np.testing.assert_allclose(encoded[k].numpy(), io[f"feat{k + 1}"], rtol=0, atol=1e-5)
 
 
+def test_release_discriminator_and_estimator_outputs_equal_fixture():
+    """TDKstain's D and E as the method builds them, with the release's weights: the release's outputs."""
+    from tdkstain.config import build_config
+    from tdkstain.objective import create_objective
+
+    cfg = build_config({}, ["model.ngf=8", "model.ndf=8", "model.nef=16", "model.estimator_blocks=4", "data.crop=128"])
+    nets = create_objective(cfg, 1).build_networks(0)
+    discriminator, estimator = nets["discriminator"].eval(), nets["estimator"].eval()
+    discriminator.load_state_dict(torch.load(OFFICIAL / "official_D_ndf8.pth", map_location="cpu", weights_only=True))
+    estimator.load_state_dict(torch.load(OFFICIAL / "official_E_nef16.pth", map_location="cpu", weights_only=True))
+    io = {k: torch.from_numpy(v) for k, v in np.load(OFFICIAL / "official_D_E_io.npz").items()}
+    with torch.no_grad():
+        scores = discriminator(torch.cat([io["he"], io["ihc"]], 1))
+        taps = [io[f"tap{k}"] for k in range(3)]
+        estimate, estimate_128 = estimator(taps, (64, 64)), estimator(taps, (128, 128))
+    assert [tuple(s.shape[-2:]) for s in scores] == [(14, 14), (6, 6), (2, 2)]  # padding 1, as the release
+    for k, s in enumerate(scores):
+        np.testing.assert_allclose(s.numpy(), io[f"d_scale{k}"].numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(estimate.numpy(), io["estimate"].numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(estimate_128.numpy(), io["estimate_128"].numpy(), rtol=0, atol=1e-5)
+
+
+def test_pix2pixhd_padding_computes_another_function_with_the_same_weights():
+    """The release's D weights in a padding-2 D (tdkstain 0.1) give other scores: why the padding is recorded."""
+    state = torch.load(OFFICIAL / "official_D_ndf8.pth", map_location="cpu", weights_only=True)
+    io = np.load(OFFICIAL / "official_D_E_io.npz")
+    pair = torch.cat([torch.from_numpy(io["he"]), torch.from_numpy(io["ihc"])], 1)
+    padded = MultiscaleDiscriminator(6, 8, 3, 3, padding=2).eval()
+    padded.load_state_dict(state)
+    with torch.no_grad():
+        assert [tuple(s.shape[-2:]) for s in padded(pair)] == [(19, 19), (11, 11), (7, 7)]
+
+
 def test_generator_shapes_taps_and_range():
     torch.manual_seed(0)
     generator = tiny_generator()
@@ -128,11 +161,14 @@ def test_generator_channels_last_matches():
 
 def test_discriminator_scales_and_order():
     torch.manual_seed(3)
-    discriminator = init_weights(MultiscaleDiscriminator(input_nc=6, ndf=8, n_layers=3, num_D=3))
+    discriminator = init_weights(MultiscaleDiscriminator(input_nc=6, ndf=8, n_layers=3, num_D=3, padding=2))
     pair = torch.rand(2, 6, 64, 64) * 2 - 1
     outputs = discriminator(pair)
     # pix2pixHD 4x4 convs with padding 2: 64 -> 33 -> 17 -> 9 (stride 2) -> 10 -> 11 (stride 1).
     assert [tuple(o.shape) for o in outputs] == [(2, 1, 11, 11), (2, 1, 7, 7), (2, 1, 5, 5)]
+    # The release's padding 1 (the default): 128 px gives 14, 6 and 2 (official fixture).
+    release = MultiscaleDiscriminator(input_nc=6, ndf=8, n_layers=3, num_D=3)
+    assert [o.shape[-1] for o in release(torch.zeros(1, 6, 128, 128))] == [14, 6, 2]
     # Full resolution goes through layer2 (pix2pixHD order), the coarsest through layer0.
     pool = torch.nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
     torch.testing.assert_close(outputs[0], discriminator.layer2(pair))
@@ -147,7 +183,7 @@ def test_discriminator_intermediate_features():
     plain = init_weights(MultiscaleDiscriminator(ndf=8, num_D=2))
     with_features = MultiscaleDiscriminator(ndf=8, num_D=2, get_intermediate_features=True)
     with_features.load_state_dict(plain.state_dict())  # same keys either way
-    pair = torch.rand(1, 6, 32, 32)
+    pair = torch.rand(1, 6, 48, 48)
     features = with_features(pair)
     outputs = plain(pair)
     assert len(features) == 2 and all(len(f) == 3 + 2 for f in features)

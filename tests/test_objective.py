@@ -26,11 +26,15 @@ TINY = [
 ]
 
 
+# Loss weights that differ from each other and from the presets' 10s.
+WEIGHTS = ("loss.l1=3", "loss.membrane=7", "loss.nuclei=11", "loss.estimator=5")
+
+
 def tiny(*overrides: str):
     return build_config({}, [*TINY, *overrides])
 
 
-def make_batch(b: int = 2, size: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
+def make_batch(b: int = 2, size: int = 48, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {
         "he": torch.rand(b, 3, size, size, generator=g) * 2 - 1,
@@ -92,7 +96,8 @@ def test_discriminator_step_matches_lsgan_formula_and_updates_only_d():
 
 
 def test_generator_step_matches_formula_and_leaves_d_and_e_untouched():
-    cfg = tiny()
+    # Distinct weights: a term weighted by another term's coefficient fails this test.
+    cfg = tiny(*WEIGHTS)
     _, nets, opts = setup(cfg)
     batch = make_batch()
     G0, D0, E0 = (copy.deepcopy(nets[k]).double() for k in ("generator", "discriminator", "estimator"))
@@ -103,9 +108,9 @@ def test_generator_step_matches_formula_and_leaves_d_and_e_untouched():
     with torch.no_grad():
         fake = G0(b["he"])
         gan = sum(((s - 1) ** 2).mean() for s in D0(torch.cat([b["he"], fake], 1)))
-        l1 = 10 * (fake - b["ihc"]).abs().mean()
-        membrane = 10 * (G0(b["membrane_mask"] * b["he"]) - b["dab"]).abs().mean()
-        nuclei = 10 * ((E0(G0.encode(fake), (32, 32)) - b["nuclei_density"]) ** 2).mean()
+        l1 = 3 * (fake - b["ihc"]).abs().mean()
+        membrane = 7 * (G0(b["membrane_mask"] * b["he"]) - b["dab"]).abs().mean()
+        nuclei = 11 * ((E0(G0.encode(fake), (48, 48)) - b["nuclei_density"]) ** 2).mean()
     for name, ref in [("gan", gan), ("l1", l1), ("membrane", membrane), ("nuclei", nuclei)]:
         assert terms[f"generator/{name}"].item() == pytest.approx(ref.item(), rel=1e-4), name
     assert same(d_before, params(nets["discriminator"]))
@@ -123,21 +128,21 @@ def test_nuclei_term_gradient_reaches_the_generator_through_frozen_estimator():
     G, E = nets["generator"], nets["estimator"]
     for p in E.parameters():
         p.requires_grad_(False)
-    loss = F.mse_loss(E(G.encode(G(batch["he"])), (32, 32)), batch["nuclei_density"])
+    loss = F.mse_loss(E(G.encode(G(batch["he"])), (48, 48)), batch["nuclei_density"])
     loss.backward()
     first_conv = G.model[1].weight
     assert first_conv.grad is not None and first_conv.grad.abs().sum() > 0
 
 
 def test_estimator_step_matches_formula_and_updates_only_e():
-    cfg = tiny()
+    cfg = tiny(*WEIGHTS)
     _, nets, opts = setup(cfg)
     batch = make_batch()
     G0, E0 = copy.deepcopy(nets["generator"]).double(), copy.deepcopy(nets["estimator"]).double()
     g_before, e_before = params(nets["generator"]), params(nets["estimator"])
     terms = estimator_step(nets, opts, batch, cfg.loss, Runtime())
     with torch.no_grad():
-        ref = 10 * ((E0(G0.encode(batch["ihc"].double()), (32, 32)) - batch["nuclei_density"].double()) ** 2).mean()
+        ref = 5 * ((E0(G0.encode(batch["ihc"].double()), (48, 48)) - batch["nuclei_density"].double()) ** 2).mean()
     assert terms["estimator/loss"].item() == pytest.approx(ref.item(), rel=1e-5)
     assert same(g_before, params(nets["generator"]))
     assert not same(e_before, params(nets["estimator"]))

@@ -156,6 +156,108 @@ def test_resume_refuses_another_architecture(dataset, tmp_path):
         train(tiny(dataset, "train.max_steps=2", "model.ngf=8"), tmp_path / "run", progress=False)
 
 
+def test_restore_brings_back_the_torch_numpy_and_python_streams(dataset):
+    """A resumed run continues every global random stream where the checkpoint left it (CycleGAN's pools,
+    dropout and patch sampling draw from them)."""
+    import random
+
+    from tdkstain.objective import Runtime, create_objective
+    from tdkstain.training import TrainState, checkpoint_payload, restore
+
+    cfg = tiny(dataset)
+    nets = create_objective(cfg, 1).build_networks(0)
+    optimizers = {k: torch.optim.Adam(n.parameters()) for k, n in nets.items()}
+    torch.manual_seed(11), np.random.seed(12), random.seed(13)
+    np.random.standard_normal()  # leaves a cached Gaussian in numpy's state
+    payload = checkpoint_payload(cfg, TrainState(step=7, images=14), nets, optimizers, Runtime())
+    expected = (torch.rand(5), np.random.random(5), np.random.standard_normal(), [random.random() for _ in range(5)])
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)  # another stream in between
+    payload = torch.load(_roundtrip(payload), weights_only=True)
+    state = TrainState()
+    restore(payload, cfg, nets, optimizers, Runtime(), state)
+    assert state.step == 7 and state.images == 14
+    got = (torch.rand(5), np.random.random(5), np.random.standard_normal(), [random.random() for _ in range(5)])
+    assert torch.equal(got[0], expected[0])
+    assert np.array_equal(got[1], expected[1]) and got[2] == expected[2]
+    assert got[3] == expected[3]
+
+
+def _roundtrip(payload):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def test_a_tdkstain_0_1_run_folder_resumes_with_its_padding_2_and_says_so(dataset, tmp_path):
+    import shutil
+    import warnings
+
+    from conftest import FIXTURES
+
+    run = tmp_path / "legacy"
+    shutil.copytree(FIXTURES / "legacy_run_0.1", run)
+    assert "d_padding" not in (run / "config.yaml").read_text()
+    with pytest.warns(UserWarning, match=r"padded its 4x4 convs by 2.*Kept as trained: model.d_padding=2"):
+        result = train(tiny(dataset, "model.num_d=2", "train.max_steps=4"), run, progress=False)
+    assert result.step == 4  # continued from step 2
+    assert result.nets["discriminator"].init_kwargs["padding"] == 2
+    assert all(m.padding == (2, 2) for m in result.nets["discriminator"].modules() if isinstance(m, torch.nn.Conv2d))
+    assert "d_padding: 2" in (run / "config.yaml").read_text()  # recorded now
+    assert load_checkpoint(checkpoint_files(run)[-1])["config"]["model"]["d_padding"] == 2
+    # Asking for the release's padding on that folder is refused, not silently applied.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(TdkstainError, match="d_padding: 2 there, 1 here"):
+            train(tiny(dataset, "model.num_d=2", "model.d_padding=1", "train.max_steps=6"), run, progress=False)
+    # A new run folder gets the release's padding 1, recorded explicitly.
+    fresh = train(tiny(dataset, "train.max_steps=1"), tmp_path / "fresh", progress=False)
+    assert fresh.nets["discriminator"].init_kwargs["padding"] == 1
+    assert "d_padding: 1" in (tmp_path / "fresh" / "config.yaml").read_text()
+
+
+def test_init_from_the_authors_g_d_and_e_starts_a_run_from_their_weights(tmp_path):
+    """The release's own files (official fixtures: G ngf 8, D ndf 8, E nef 16) initialise a fine-tuning run."""
+    import shutil
+
+    from conftest import OFFICIAL
+
+    release = tmp_path / "checkpoints" / "her2"
+    release.mkdir(parents=True)
+    for net, fixture in (("G", "official_G_ngf8.pth"), ("D", "official_D_ndf8.pth"), ("E", "official_E_nef16.pth")):
+        shutil.copy(OFFICIAL / fixture, release / f"latest_net_{net}.pth")
+    data = make_dataset(tmp_path / "data", n_train=2, n_test=0, size=96)
+    paper_small = ["model.ngf=8", "model.n_blocks=9", "model.ndf=8", "model.num_d=3", "model.nef=16", "model.estimator_blocks=4",
+                   "data.crop=96", "data.val_pairs=0"]
+    start = train(tiny(data, *paper_small, "train.max_steps=0", f"train.init_from={release}"), tmp_path / "start", progress=False)
+    for name, net in (("generator", "G"), ("discriminator", "D"), ("estimator", "E")):
+        expected = torch.load(release / f"latest_net_{net}.pth", weights_only=True)
+        got = start.nets[name].state_dict()
+        assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected), name
+    # It trains from there (one step), and a file of epoch 50 picks epoch 50's siblings.
+    stepped = train(tiny(data, *paper_small, "train.max_steps=1", f"train.init_from={release}"), tmp_path / "one", progress=False)
+    assert stepped.step == 1
+    for net in "GDE":
+        shutil.copy(release / f"latest_net_{net}.pth", release / f"50_net_{net}.pth")
+    (release / "latest_net_D.pth").write_bytes(b"not these")  # must not be read
+    epoch50 = train(tiny(data, *paper_small, "train.max_steps=0", f"train.init_from={release / '50_net_G.pth'}"),
+                    tmp_path / "epoch50", progress=False)
+    assert torch.equal(epoch50.nets["discriminator"].state_dict()["layer0.0.weight"], start.nets["discriminator"].state_dict()["layer0.0.weight"])
+    # Clear errors: a missing file, and sizes that do not fit.
+    (release / "latest_net_E.pth").unlink()
+    with pytest.raises(TdkstainError, match="latest_net_E.pth not found"):
+        train(tiny(data, *paper_small, "train.max_steps=0", f"train.init_from={release}"), tmp_path / "missing", progress=False)
+    with pytest.raises(TdkstainError, match=r"latest_net_G.pth: the release's generator does not fit.*ngf 8 there, 4 here \(set model.ngf=8\)"):
+        train(tiny(data, *paper_small, "model.ngf=4", "loss.nuclei=0", "train.max_steps=0", f"train.init_from={release}"),
+              tmp_path / "wrong", progress=False)
+    with pytest.raises(TdkstainError, match="pads its 4x4 convs by 1"):
+        train(tiny(data, *paper_small, "model.d_padding=2", "loss.nuclei=0", "train.max_steps=0",
+                   f"train.init_from={release / '50_net_G.pth'}"),
+              tmp_path / "padding", progress=False)
+
+
 def test_nonfinite_loss_stops_naming_the_term_and_keeps_the_last_good_checkpoint(dataset, tmp_path):
     train(tiny(dataset, "train.max_steps=2"), tmp_path / "run", progress=False)
     good = checkpoint_files(tmp_path / "run")[-1].read_bytes()

@@ -149,11 +149,12 @@ def resolve_methods(data: str | os.PathLike, methods: str | list[tuple[str, str]
     out = Path(out)
     resolved = []
     for name, source in entries:
-        extra = list(per[name]) + [f"data.root={Path(data).resolve()}"]
+        extra = list(per[name])
         if steps is not None:
             extra.append(f"train.max_steps={steps}")
         try:
-            cfg = load_config(source, extra)
+            # The data path verbatim, never read as YAML (a folder named 'ds #1' or 'on').
+            cfg = load_config(source, extra, values={"data.root": str(Path(data).resolve())})
         except TdkstainError as err:
             raise TdkstainError(f"method {name}: {err}") from None
         resolved.append(BenchmarkMethod(name, source, cfg, out / "runs" / name, out / "generated" / name, extra))

@@ -34,7 +34,7 @@ from torch import nn
 from tdkstain import __version__
 from tdkstain.atomic import atomic_path
 from tdkstain.errors import TdkstainError
-from tdkstain.methods.blocks import Pix2pixResnetGenerator, UnetGenerator
+from tdkstain.methods.blocks import CUTPatchDiscriminator, CUTResnetGenerator, PatchDiscriminator, Pix2pixResnetGenerator, UnetGenerator
 from tdkstain.networks import MultiscaleDiscriminator, NucleiDensityEstimator, ResnetGenerator
 
 __all__ = [
@@ -50,6 +50,8 @@ __all__ = [
     "load_generator",
     "load_generator_with_card",
     "load_official_generator",
+    "load_release_training_state",
+    "release_training_files",
     "read_official_state_dict",
     "infer_generator_kwargs",
     "find_generator_weights",
@@ -64,13 +66,16 @@ NETWORKS: dict[str, type[nn.Module]] = {
     "ResnetGenerator": ResnetGenerator,
     "MultiscaleDiscriminator": MultiscaleDiscriminator,
     "NucleiDensityEstimator": NucleiDensityEstimator,
-    # Generators of the comparison methods (tdkstain.methods: pix2pix, PyramidPix2pix).
+    # Networks of the comparison methods (tdkstain.methods: pix2pix, PyramidPix2pix, ASP).
     "UnetGenerator": UnetGenerator,
     "Pix2pixResnetGenerator": Pix2pixResnetGenerator,
+    "CUTResnetGenerator": CUTResnetGenerator,
+    "PatchDiscriminator": PatchDiscriminator,
+    "CUTPatchDiscriminator": CUTPatchDiscriminator,
 }
 
 # The NETWORKS entries that map H&E to IHC: what load_generator builds and 'tdkstain translate' runs.
-GENERATORS: tuple[str, ...] = ("ResnetGenerator", "UnetGenerator", "Pix2pixResnetGenerator")
+GENERATORS: tuple[str, ...] = ("ResnetGenerator", "UnetGenerator", "Pix2pixResnetGenerator", "CUTResnetGenerator")
 
 # Where load_generator looks inside a run folder, first match wins: the
 # trainer's latest then best generator (tdkstain.training writes
@@ -313,6 +318,9 @@ def read_official_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err) and "Unsupported global" not in str(err):
+            # Not a pickle at all (garbage, a truncated file): torch reports that as an UnpicklingError too.
+            raise TdkstainError(f"{path}: not a readable PyTorch checkpoint ({str(err).splitlines()[0][:200]})") from err
         raise TdkstainError(
             f"{path}: refused to load: the file is not a plain tensor checkpoint, it asks to run or build "
             f"Python objects ({_unpickler_reason(err)}). Only state_dicts saved with torch.save(net.state_dict()) "
@@ -412,6 +420,92 @@ def load_official_generator(path: str | os.PathLike, map_location: str | torch.d
     generator = ResnetGenerator(**kwargs)
     _load_strict(generator, state_dict, path, f"a ResnetGenerator with {kwargs}")
     return generator.to(map_location).eval()
+
+
+# --------------------------------------------------------------------------- the authors' full training state
+
+# What the release saves in checkpoints/NAME/ (models/base_model.py save_networks): one file per network.
+RELEASE_FILES = {"generator": "G", "discriminator": "D", "estimator": "E"}
+# init_kwargs of our networks -> the config key that sets it (for error messages).
+_CONFIG_KEYS = {
+    "generator": {"ngf": "model.ngf", "n_downsampling": "model.n_downsampling", "n_blocks": "model.n_blocks"},
+    "discriminator": {"ndf": "model.ndf", "n_layers": "model.n_layers_d", "num_D": "model.num_d", "input_nc": None},
+    "estimator": {"nef": "model.nef", "n_blocks": "model.estimator_blocks", "input_nc": "(the generator's tap channels)"},
+}
+
+
+def release_training_files(path: str | os.PathLike, names: list[str]) -> dict[str, Path]:
+    """The release's ``{prefix}_net_{G,D,E}.pth`` for ``names`` (keys of :data:`RELEASE_FILES`).
+
+    ``path``: the release's checkpoint folder (``checkpoints/NAME``, files
+    ``latest_net_*.pth``) or one of its files (``50_net_G.pth`` picks epoch 50's
+    siblings). A missing file is an error that names it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        folder, prefix = path, "latest"
+    elif path.is_file() and re.fullmatch(r".+_net_[GDE]\.pth", path.name):
+        folder, prefix = path.parent, path.name.rsplit("_net_", 1)[0]
+    else:
+        raise TdkstainError(
+            f"train.init_from={path}: expected the release's checkpoint folder (checkpoints/NAME with "
+            "latest_net_G.pth, latest_net_D.pth, latest_net_E.pth) or one of those files"
+        )
+    files = {name: folder / f"{prefix}_net_{RELEASE_FILES[name]}.pth" for name in names}
+    missing = [str(f) for f in files.values() if not f.is_file()]
+    if missing:
+        raise TdkstainError(
+            f"train.init_from: {', '.join(missing)} not found. The release saves {prefix}_net_G.pth, _D.pth and _E.pth "
+            "together; starting from the authors' state needs each network this run trains "
+            "(with loss.nuclei=0 no estimator file is needed)"
+        )
+    return files
+
+
+def _inferred_kwargs(name: str, state_dict: Mapping[str, torch.Tensor], source: Path) -> dict[str, Any]:
+    """The constructor arguments a release file's shapes imply, for the network ``name``."""
+    if name == "generator":
+        return infer_generator_kwargs(state_dict, source)
+    try:
+        if name == "discriminator":
+            scales = sorted({int(k.split(".")[0][5:]) for k in state_dict if re.match(r"layer\d+\.", k)})
+            convs = [k for k in state_dict if k.startswith("layer0.") and k.endswith(".weight")]
+            first = state_dict["layer0.0.weight"]
+            return {"input_nc": int(first.shape[1]), "ndf": int(first.shape[0]), "n_layers": len(convs) - 2, "num_D": len(scales)}
+        first = state_dict["model.0.weight"]
+        blocks = {k.split(".")[1] for k in state_dict if ".conv_block." in k}
+        return {"input_nc": int(first.shape[1]), "nef": int(first.shape[0]), "n_blocks": len(blocks)}
+    except (KeyError, IndexError, ValueError):
+        raise TdkstainError(f"{source}: not the release's {name} (keys start: {_brief(list(state_dict))})") from None
+
+
+def load_release_training_state(path: str | os.PathLike, nets: Mapping[str, nn.Module]) -> dict[str, Path]:
+    """Initialise TDKstain's G, D and E (``nets``, built from the run's config) from the authors' release files.
+
+    Each file's architecture is read from its tensor shapes and compared with
+    the network it initialises before anything is loaded: a difference is an
+    error naming the file and the config key to change. The release's D pads
+    its convs by 1, so a discriminator built with another padding is refused.
+    Returns the files used.
+    """
+    files = release_training_files(path, [n for n in RELEASE_FILES if n in nets])
+    for name, file in files.items():
+        net = nets[name]
+        state_dict = read_official_state_dict(file)
+        theirs, ours = _inferred_kwargs(name, state_dict, file), net.init_kwargs
+        diffs = [
+            f"{key} {theirs[key]} there, {ours[key]} here" + (f" (set {_CONFIG_KEYS[name][key]}={theirs[key]})" if (_CONFIG_KEYS[name].get(key) or "").startswith("model.") else "")
+            for key in _CONFIG_KEYS[name] if key in theirs and theirs[key] != ours.get(key)
+        ]
+        if diffs:
+            raise TdkstainError(f"{file}: the release's {name} does not fit this run's: {'; '.join(diffs)}")
+        if name == "discriminator" and ours.get("padding", 1) != 1:
+            raise TdkstainError(
+                f"{file}: the release's discriminator pads its 4x4 convs by 1; this run builds one with padding "
+                f"{ours['padding']} (model.d_padding), which would compute another function with these weights"
+            )
+        _load_strict(net, state_dict, file, f"the {name} of this run ({ours})")
+    return files
 
 
 # --------------------------------------------------------------------------- generators, any source

@@ -44,6 +44,11 @@ class ModelConfig(Section):
     num_d: int = Field(3, ge=1, description="discriminator scales")
     nef: int = Field(128, ge=1, description="nuclei density estimator width")
     estimator_blocks: int = Field(4, ge=0, description="residual blocks in the estimator")
+    d_padding: Literal[1, 2] | None = Field(
+        None,
+        description="zero padding of the multi-scale discriminator's 4x4 convs; None: the method's own "
+        "(tdkstain 1, as the authors' release; pix2pixhd 2, as NVIDIA/pix2pixHD). Saved run configs hold the value used",
+    )
 
 
 class LossConfig(Section):
@@ -122,6 +127,12 @@ class TrainConfig(Section):
         "(tdkstain.allocator; faster steps, higher peak RSS, see benchmarks/README.md)",
     )
     seed: int = 0
+    init_from: str | None = Field(
+        None,
+        description="start a new TDKstain run from the authors' release: their checkpoint folder (latest_net_G.pth, "
+        "latest_net_D.pth, latest_net_E.pth) or one of its files (50_net_G.pth: epoch 50). Ignored once the run folder "
+        "has a checkpoint (resume wins)",
+    )
     deterministic: bool = True
     max_steps: int | None = Field(None, ge=0, description="stop after this many steps (a budget; the lr schedule is unchanged)")
     checkpoint_every: int = Field(1000, ge=1)
@@ -156,7 +167,11 @@ class BaselineConfig(Section):
         "e.g. trainA/ + trainB/) and each H&E tile meets an independently drawn IHC tile; other methods need pairs",
     )
     nce: float = Field(10.0, ge=0, description="ASP/CUT: PatchNCE weight (lambda_NCE)")
-    nce_layers: list[int] = Field(default_factory=lambda: [0, 4, 7, 10, 14], description="generator Sequential indices whose outputs PatchNCE compares")
+    nce_layers: list[int] = Field(
+        default_factory=lambda: [0, 4, 8, 12, 16],
+        description="generator Sequential indices whose outputs PatchNCE compares (ASP: 0,4,8,12,16 in the anti-aliased "
+        "layout = input padding, the two downsampling convs, residual blocks 1 and 5; without antialias: 0,4,7,10,14)",
+    )
     nce_patches: int = Field(256, ge=1, description="patches sampled per layer")
     nce_temperature: float = Field(0.07, gt=0)
     nce_dim: int = Field(256, ge=1, description="width of the MLP projection heads (netF_nc)")
@@ -164,7 +179,16 @@ class BaselineConfig(Section):
     asp_schedule: Literal["lambda_linear", "none"] = "lambda_linear"
     gaussian_pyramid: float = Field(0.0, ge=0, description="ASP: Gaussian-pyramid L1 weight (lambda_gp)")
     gaussian_pyramid_weights: list[float] = Field(default_factory=lambda: [1.0] * 6, description="per-level weights, finest first")
-    spectral_norm: bool = Field(False, description="spectral norm on the PatchGAN's convs (ASP's MIST setting)")
+    spectral_norm: bool = Field(
+        False,
+        description="spectral norm on every conv of the discriminator(s); for ASP also on the generator's "
+        "(its MIST launcher's --weight_norm spectral)",
+    )
+    antialias: bool = Field(
+        True,
+        description="ASP: CUT's anti-aliased down/upsampling in G and D (the reference default; false = "
+        "CUT's --no_antialias --no_antialias_up, stride-2 convs)",
+    )
 
 
 class Config(Section):
@@ -182,6 +206,17 @@ class Config(Section):
     def to_dict(self) -> dict[str, Any]:
         """Plain builtins (lists, not tuples): safe for YAML, JSON and ``torch.load(weights_only=True)``."""
         return self.model_dump(mode="json")
+
+    @property
+    def d_padding(self) -> int:
+        """The multi-scale discriminator's conv padding in force: ``model.d_padding``, else the method's."""
+        return self.model.d_padding if self.model.d_padding is not None else METHOD_D_PADDING.get(self.method, 1)
+
+    def resolved(self) -> "Config":
+        """This config with every method-dependent default made explicit (what a run folder records)."""
+        if self.model.d_padding is not None:
+            return self
+        return self.model_copy(update={"model": self.model.model_copy(update={"d_padding": self.d_padding})})
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -203,7 +238,7 @@ class Config(Section):
             values["data.batch"] = self.data.batch if self.baseline.unpaired else None  # the IHC history buffer
         return {
             "method": self.method,
-            "model": self.model.model_dump(mode="json"),
+            "model": self.resolved().model.model_dump(mode="json"),
             "has_estimator": self.loss.nuclei > 0,
             "settings": {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in values.items()},
         }
@@ -215,8 +250,47 @@ ARCHITECTURE_SETTINGS: dict[str, tuple[str, ...]] = {
     "pix2pix": ("norm", "dropout", "spectral_norm"),
     "pyramidpix2pix": ("norm", "dropout", "spectral_norm"),
     "cyclegan": ("norm", "spectral_norm", "pool_size", "unpaired"),
-    "asp": ("norm", "spectral_norm", "nce_layers", "nce_dim"),
+    "asp": ("norm", "spectral_norm", "antialias", "nce_layers", "nce_dim"),
 }
+
+# The multi-scale discriminator's padding per method (``model.d_padding`` None): the authors' release
+# pads by 1 (the pix2pix PatchGAN it copies), NVIDIA's pix2pixHD by 2. docs/method.md "Networks".
+METHOD_D_PADDING: dict[str, int] = {"tdkstain": 1, "pix2pixhd": 2}
+
+# What a saved config (RUN/config.yaml, a checkpoint's, a weights card's) means when it predates a key.
+# tdkstain 0.1 padded every multi-scale discriminator by 2 and wrote no model.d_padding.
+LEGACY_D_PADDING = 2
+
+
+def migrate_saved_config(data: Any, source: str) -> tuple[Any, list[str]]:
+    """A saved config as the current code reads it, and notes on what it had to assume.
+
+    - No ``model.d_padding``: written by tdkstain 0.1, whose multi-scale
+      discriminator padded by 2 (pix2pixHD's); the value is filled in, with a
+      note when it differs from the method's padding today (TDKstain: 1).
+    - An ASP run without ``baseline.antialias``: tdkstain 0.1's ASP had other
+      networks (stride-2 sampling, no spectral norm in G); it cannot be
+      resumed and the error says so.
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        return data, []
+    notes: list[str] = []
+    method = data.get("method", "tdkstain")
+    if "d_padding" not in data["model"]:
+        data = {**data, "model": {**data["model"], "d_padding": LEGACY_D_PADDING}}
+        if METHOD_D_PADDING.get(method, LEGACY_D_PADDING) != LEGACY_D_PADDING:
+            notes.append(
+                f"{source}: written by tdkstain 0.1, whose discriminator padded its 4x4 convs by {LEGACY_D_PADDING} "
+                f"(pix2pixHD's); the authors' release pads by {METHOD_D_PADDING[method]}. Kept as trained: "
+                f"model.d_padding={LEGACY_D_PADDING}"
+            )
+    if method == "asp" and isinstance(data.get("baseline"), dict) and "antialias" not in data["baseline"]:
+        raise TdkstainError(
+            f"{source}: an ASP run of tdkstain 0.1, whose ASP networks differed from the reference (stride-2 "
+            "sampling instead of anti-aliased, no spectral norm in the generator, CUT's projection norm); it cannot "
+            "continue with the corrected ASP. Train into a new --out folder."
+        )
+    return data, notes
 
 
 def preset_names() -> list[str]:
@@ -289,34 +363,47 @@ def _fix_floats(value: Any) -> Any:
     return value
 
 
-def build_config(data: dict[str, Any] | None, overrides: list[str] = (), source: str = "config") -> Config:
-    """Validate a nested dict (from YAML) after applying dotted overrides."""
+def _set_dotted(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise TdkstainError(f"{'.'.join(path)}: {part} is a value, not a section")
+        else:
+            child = node[part] = dict(child)
+        node = child
+    node[path[-1]] = value
+
+
+def build_config(data: dict[str, Any] | None, overrides: list[str] = (), source: str = "config",
+                 values: dict[str, Any] | None = None) -> Config:
+    """Validate a nested dict (from YAML) after applying dotted overrides.
+
+    ``overrides``: ``KEY=VALUE`` texts, the value read as a YAML scalar
+    (``loss.membrane=5``). ``values``: dotted keys set verbatim, after the
+    overrides, for what must never be parsed (paths from command-line flags:
+    ``{"data.root": "ds #1"}`` stays that string).
+    """
     if not isinstance(data, (dict, type(None))):
         raise TdkstainError(f"{source}: a config is a mapping of sections, got {type(data).__name__}")
     data = dict(data or {})
     for text in overrides:
         path, value = parse_override(text)
-        node = data
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                raise TdkstainError(f"{'.'.join(path)}: {part} is a value, not a section")
-            else:
-                child = node[part] = dict(child)
-            node = child
-        node[path[-1]] = value
+        _set_dotted(data, path, value)
+    for key, value in (values or {}).items():
+        _set_dotted(data, key.split("."), value)
     try:
         return Config.model_validate(_fix_floats(data))
     except ValidationError as err:
         raise TdkstainError(_format_errors(err, source)) from None
 
 
-def load_config(name_or_path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Read a preset or YAML file (``yaml.safe_load``), apply overrides, validate."""
+def load_config(name_or_path: str | Path | None, overrides: list[str] = (), values: dict[str, Any] | None = None) -> Config:
+    """Read a preset or YAML file (``yaml.safe_load``), apply overrides and ``values`` (see :func:`build_config`), validate."""
     if name_or_path is None:
-        return build_config({}, overrides, source="defaults")
+        return build_config({}, overrides, source="defaults", values=values)
     path = resolve_preset(name_or_path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -324,14 +411,24 @@ def load_config(name_or_path: str | Path | None, overrides: list[str] = ()) -> C
         raise TdkstainError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise TdkstainError(f"{path}: a config is a mapping of sections, got {type(data).__name__}")
-    return build_config(data, overrides, source=str(path))
+    return build_config(data, overrides, source=str(path), values=values)
 
 
 def read_run_config(path: str | Path) -> Config:
-    """Read a resolved ``RUN/config.yaml`` back."""
+    """Read a resolved ``RUN/config.yaml`` back (older files migrated, :func:`migrate_saved_config`, with a warning)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
         raise TdkstainError(f"{path}: cannot read run config: {err}") from err
-    return build_config(data, source=str(path))
+    return saved_config(data, str(path))
+
+
+def saved_config(data: Any, source: str) -> Config:
+    """A config saved by the trainer (a run folder's, a checkpoint's, a weights card's), migrated and validated."""
+    import warnings
+
+    data, notes = migrate_saved_config(data, source)
+    for note in notes:
+        warnings.warn(note, stacklevel=3)
+    return build_config(data, source=source)

@@ -19,7 +19,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
-    except RuntimeError as err:
+    except RuntimeError:
         raise TdkstainError(f"--device {device!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise TdkstainError(f"--device {device!r}: PyTorch sees no CUDA device here; use --device cpu or auto")

@@ -25,10 +25,12 @@ from torch import nn
 
 __all__ = [
     "PADDING_TYPES",
+    "DISCRIMINATOR_PADDINGS",
     "ResnetBlock",
     "ResnetGenerator",
     "MultiscaleDiscriminator",
     "NucleiDensityEstimator",
+    "multiscale_min_input",
     "Networks",
     "create_networks",
     "init_weights",
@@ -36,6 +38,9 @@ __all__ = [
 ]
 
 PADDING_TYPES = ("reflect", "replicate", "zero")
+# Zero padding of D's 4x4 convs: 1 in TDKstain's release (the pix2pix/CycleGAN PatchGAN it copies),
+# 2 in pix2pixHD's code. METHOD.md "Networks"; docs/method.md.
+DISCRIMINATOR_PADDINGS = (1, 2)
 
 
 def _norm(channels: int) -> nn.Module:
@@ -200,12 +205,22 @@ class ResnetGenerator(nn.Module):
 
 
 class MultiscaleDiscriminator(nn.Module):
-    """pix2pixHD multi-scale PatchGAN discriminator D, keys as in the release.
+    """Multi-scale PatchGAN discriminator D (pix2pixHD layout), keys as in the release.
 
     ``num_D`` PatchGANs named ``layer0`` ... ``layer{num_D-1}``, each an
     ``nn.Sequential`` (index layout for n_layers 3: 0 conv s2, 1 LReLU;
     2/5 conv s2, 3/6 norm, 4/7 LReLU; 8 conv s1, 9 norm, 10 LReLU; 11 conv s1
-    to 1 channel). All convs are 4x4 with padding ceil(3/2) = 2 (pix2pixHD).
+    to 1 channel). All convs are 4x4 and zero-pad by ``padding``:
+
+    - 1 (the default): TDKstain's release, whose PatchGAN is the
+      pix2pix/CycleGAN ``NLayerDiscriminator``; a 128 px pair gives 14x14,
+      6x6 and 2x2 logits;
+    - 2: pix2pixHD's own code (``padw = ceil((4 - 1) / 2)``), the pix2pixHD
+      baseline; the same 128 px pair gives 19x19, 11x11 and 7x7 logits.
+
+    The padding changes no parameter shape, only the function: weights of
+    one load into the other and compute something else, so the padding is
+    recorded in ``init_kwargs`` (the model card) and in run configs.
 
     As in pix2pixHD (and therefore in the release's checkpoints), the
     full-resolution input goes through the *last* PatchGAN
@@ -229,33 +244,37 @@ class MultiscaleDiscriminator(nn.Module):
         n_layers: int = 3,
         num_D: int = 3,  # noqa: N803 - name kept from pix2pixHD / the release
         get_intermediate_features: bool = False,
+        padding: int = 1,
     ) -> None:
         super().__init__()
         if min(input_nc, ndf, n_layers, num_D) < 1:
             raise ValueError(
                 f"MultiscaleDiscriminator needs input_nc, ndf, n_layers, num_D >= 1; got {input_nc}, {ndf}, {n_layers}, {num_D}"
             )
+        if padding not in DISCRIMINATOR_PADDINGS:
+            raise ValueError(f"MultiscaleDiscriminator padding must be one of {DISCRIMINATOR_PADDINGS}, got {padding!r}")
         self.init_kwargs: dict[str, Any] = dict(
             input_nc=input_nc,
             ndf=ndf,
             n_layers=n_layers,
             num_D=num_D,
             get_intermediate_features=get_intermediate_features,
+            padding=padding,
         )
         self.num_D = num_D
         self.n_layers = n_layers
         self.get_intermediate_features = get_intermediate_features
         group_ends: list[int] = []
         for i in range(num_D):
-            patchgan, group_ends = self._patchgan(input_nc, ndf, n_layers)
+            patchgan, group_ends = self._patchgan(input_nc, ndf, n_layers, padding)
             self.add_module(f"layer{i}", patchgan)
         # Sequential indices whose outputs are the pix2pixHD "intermediate features".
         self.feature_indices: tuple[int, ...] = tuple(group_ends)
         self.downsample = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
 
     @staticmethod
-    def _patchgan(input_nc: int, ndf: int, n_layers: int) -> tuple[nn.Sequential, list[int]]:
-        kw, padw = 4, 2  # pix2pixHD: kw = 4, padw = ceil((kw - 1) / 2)
+    def _patchgan(input_nc: int, ndf: int, n_layers: int, padw: int) -> tuple[nn.Sequential, list[int]]:
+        kw = 4
         layers: list[nn.Module] = [
             nn.Conv2d(input_nc, ndf, kernel_size=kw, stride=2, padding=padw),
             nn.LeakyReLU(0.2, inplace=True),
@@ -277,6 +296,28 @@ class MultiscaleDiscriminator(nn.Module):
         ends.append(len(layers) - 1)
         return nn.Sequential(*layers), ends
 
+    @staticmethod
+    def reference_key_map(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A state_dict of pix2pixHD's ``MultiscaleDiscriminator`` built with ``getIntermFeat`` (modules
+        ``scale{s}_layer{j}``, one Sequential per conv group) with this class's ``layer{s}.<index>`` names.
+
+        Group j of a PatchGAN starts with its conv, which sits at Sequential index
+        0, 2, 5, 8, ... here (one LReLU after the first conv, norm + LReLU after
+        the others). Other keys are kept as they are. The release's own layout
+        (``layer{s}``, no intermediate features) needs no map.
+        """
+        out: dict[str, torch.Tensor] = {}
+        for key, value in state_dict.items():
+            head, _, rest = key.partition(".")
+            scale, sep, group = head.partition("_layer")
+            if not (sep and scale.startswith("scale") and scale[5:].isdigit() and group.isdigit() and rest.startswith("0.")):
+                out[key] = value
+                continue
+            j = int(group)
+            index = 0 if j == 0 else 3 * j - 1
+            out[f"layer{scale[5:]}.{index}.{rest[2:]}"] = value
+        return out
+
     def scale_modules(self) -> list[nn.Sequential]:
         """The PatchGANs in the order they are applied (full resolution first)."""
         return [getattr(self, f"layer{self.num_D - 1 - s}") for s in range(self.num_D)]
@@ -297,6 +338,33 @@ class MultiscaleDiscriminator(nn.Module):
             if s != self.num_D - 1:
                 x = self.downsample(x)
         return results
+
+
+def multiscale_min_input(n_layers: int = 3, num_D: int = 3, padding: int = 1) -> int:  # noqa: N803
+    """The smallest square input side a :class:`MultiscaleDiscriminator` accepts in training.
+
+    Instance norm needs more than one pixel in every normalised map, and the
+    last conv at least one output pixel, at every scale; each scale halves the
+    side (average pool, rounding up). E.g. n_layers 3, 3 scales: 93 with
+    padding 1 (the release), 5 with padding 2.
+    """
+
+    def fits(side: int) -> bool:
+        for _ in range(num_D):
+            h = side
+            for n in range(n_layers + 1):
+                h = (h + 2 * padding - 4) // (2 if n < n_layers else 1) + 1
+                if n > 0 and h < 2:  # normalised maps need > 1 pixel
+                    return False
+            if (h + 2 * padding - 4) + 1 < 1:  # the final conv's scores
+                return False
+            side = (side + 1) // 2
+        return True
+
+    side = 1
+    while not fits(side):
+        side += 1
+    return side
 
 
 class NucleiDensityEstimator(nn.Module):
@@ -342,16 +410,18 @@ class NucleiDensityEstimator(nn.Module):
         return density
 
 
-def init_weights(module: nn.Module, std: float = 0.02) -> nn.Module:
+def init_weights(module: nn.Module, std: float = 0.02, *, zero_bias: bool = True) -> nn.Module:
     """The release's "normal" init, in place: conv / linear weights N(0, std), biases 0.
 
-    Norm layers with affine parameters (none in these networks) get weight
-    N(1, std) and bias 0, as pix2pix does for batch norm. Returns ``module``.
+    ``zero_bias`` False leaves conv / linear biases as PyTorch initialised them
+    (pix2pixHD's ``weights_init``). Norm layers with affine parameters (none
+    in these networks) get weight N(1, std) and bias 0, as pix2pix does for
+    batch norm. Returns ``module``.
     """
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             nn.init.normal_(m.weight, 0.0, std)
-            if m.bias is not None:
+            if m.bias is not None and zero_bias:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm)) and m.weight is not None:
             nn.init.normal_(m.weight, 1.0, std)

@@ -39,7 +39,7 @@ from torch import nn
 
 from tdkstain.config import Config, LossConfig, ModelConfig
 from tdkstain.errors import TdkstainError
-from tdkstain.networks import MultiscaleDiscriminator, NucleiDensityEstimator, ResnetGenerator, init_weights
+from tdkstain.networks import MultiscaleDiscriminator, NucleiDensityEstimator, ResnetGenerator, init_weights, multiscale_min_input
 
 Nets = dict[str, nn.Module]
 Optimizers = dict[str, torch.optim.Optimizer]
@@ -250,6 +250,29 @@ def generator_step(nets: Nets, optimizers: Optimizers, batch: Batch, generated: 
     return out
 
 
+def check_tile_sizes(cfg: Config, multiple: int, min_crop: int = 1, why: str = "") -> None:
+    """Refuse, before any work, a ``data.crop`` / ``data.val_size`` the networks cannot take.
+
+    ``multiple``: the generator's size multiple (``2**n_downsampling``);
+    ``min_crop``: the smallest crop the discriminator trains on (``why`` says which).
+    """
+    crop, val = cfg.data.crop, cfg.data.val_size
+    if crop % multiple:
+        lower, upper = crop - crop % multiple, crop - crop % multiple + multiple
+        raise TdkstainError(
+            f"data.crop={crop} is not a multiple of {multiple} (the generator downsamples {multiple.bit_length() - 1} times, "
+            f"model.n_downsampling); use data.crop={lower if lower >= max(min_crop, multiple) else upper} or {upper}"
+        )
+    if crop < min_crop:
+        fit = -(-min_crop // multiple) * multiple
+        raise TdkstainError(f"data.crop={crop} is too small: {why} needs at least {min_crop} px; use data.crop={fit} or more")
+    if val is not None and val % multiple:
+        raise TdkstainError(
+            f"data.val_size={val} is not a multiple of {multiple} (model.n_downsampling); "
+            f"use data.val_size={max(multiple, val - val % multiple)} or leave it unset (whole tiles)"
+        )
+
+
 def build_generator(model: ModelConfig) -> ResnetGenerator:
     return ResnetGenerator(3, 3, model.ngf, model.n_downsampling, model.n_blocks)
 
@@ -263,6 +286,9 @@ class TdkstainObjective:
     """
 
     def __init__(self, cfg: Config, steps_per_epoch: int):
+        m = cfg.model
+        check_tile_sizes(cfg, 2**m.n_downsampling, multiscale_min_input(m.n_layers_d, m.num_d, cfg.d_padding),
+                         f"a {m.num_d}-scale discriminator (model.num_d) with {m.n_layers_d} layers padding {cfg.d_padding}")
         self.cfg = cfg
         self.loss = cfg.loss
         self.has_estimator = cfg.loss.nuclei > 0
@@ -284,7 +310,7 @@ class TdkstainObjective:
             torch.manual_seed(seed)
             nets: Nets = {
                 "generator": init_weights(build_generator(m)),
-                "discriminator": init_weights(MultiscaleDiscriminator(6, m.ndf, m.n_layers_d, m.num_d)),
+                "discriminator": init_weights(MultiscaleDiscriminator(6, m.ndf, m.n_layers_d, m.num_d, padding=self.cfg.d_padding)),
             }
             if self.has_estimator:
                 taps = sum(nets["generator"].tap_channels)

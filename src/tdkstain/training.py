@@ -39,8 +39,8 @@ from torch.utils.data import DataLoader
 from tdkstain import distributed
 from tdkstain.allocator import keep_freed_memory
 from tdkstain.atomic import atomic_path, write_text_atomic
-from tdkstain.checkpoints import load_generator, save_network
-from tdkstain.config import Config, read_run_config
+from tdkstain.checkpoints import load_generator, load_release_training_state, save_network
+from tdkstain.config import Config, build_config, migrate_saved_config, read_run_config
 from tdkstain.data import AlignedTiles, EpochBatchSampler, collate, split_pairs, split_unpaired, tile_files, training_tiles
 from tdkstain.errors import TdkstainError
 from tdkstain.objective import OBJECTIVES, NonFiniteLoss, Runtime, create_objective
@@ -79,9 +79,12 @@ def train(cfg: Config, out: str | os.PathLike, *, progress: bool = True) -> Trai
     if checkpoint is not None:
         restore(checkpoint, cfg, nets, optimizers, rt, state)
         del checkpoint  # the paper preset's state is ~0.7 GB
-    elif dist_info.enabled:
-        for net in nets.values():
-            distributed.broadcast_module(net)
+    else:
+        if cfg.train.init_from is not None:
+            start_from_release(cfg, nets, dist_info.is_main)
+        if dist_info.enabled:
+            for net in nets.values():
+                distributed.broadcast_module(net)
     if cfg.train.compile:
         for net in nets.values():
             # Static shapes: G runs at two batch sizes (x with M*x, and the real IHC alone), and the
@@ -127,6 +130,19 @@ def train(cfg: Config, out: str | os.PathLike, *, progress: bool = True) -> Trai
         run.save(state, nets, optimizers, rt)  # rerun of a finished run: make sure the weights exist
     distributed.barrier()
     return TrainResult(run.run_dir, nets, state.step, state.images, state.best(), last_val)
+
+
+def start_from_release(cfg: Config, nets: dict[str, nn.Module], announce: bool) -> None:
+    """Fine-tuning the authors' model: G, D and E of a new run take the release's weights (``train.init_from``)."""
+    if cfg.method != "tdkstain":
+        raise TdkstainError(
+            f"train.init_from loads the authors' TDKstain release (G, D, E); method {cfg.method} has other networks"
+        )
+    files = load_release_training_state(cfg.train.init_from, {k: _unwrap(v) for k, v in nets.items()})
+    if announce:
+        import sys
+
+        print(f"train: starting from the authors' release: {', '.join(str(f) for f in files.values())}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- state
@@ -205,11 +221,25 @@ def restore(checkpoint: dict[str, Any], cfg: Config, nets: dict, optimizers: dic
     state.best_value, state.best_step = checkpoint["best"]["value"], checkpoint["best"]["step"]
 
 
+def keep_trained_settings(cfg: Config, saved: Config) -> Config:
+    """``cfg`` with the run folder's values for the settings the user left to the method.
+
+    ``model.d_padding`` not given: the folder's padding is kept, so a run
+    trained with padding 2 (tdkstain 0.1) resumes as it was trained. A value
+    given explicitly is compared with the folder's by :func:`check_same_architecture`.
+    """
+    if cfg.model.d_padding is None and cfg.method == saved.method:
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"d_padding": saved.d_padding})})
+    return cfg
+
+
 def check_same_architecture(cfg: Config, saved: dict[str, Any], source: str) -> None:
     """Refuse to resume a run whose tensors were made for other networks or another method."""
     ours = cfg.architecture()
     try:
-        theirs = Config.model_validate(saved).architecture()
+        theirs = build_config(migrate_saved_config(saved, source)[0], source=source).architecture()
+    except TdkstainError:
+        raise
     except Exception as err:  # an older or edited file
         raise TdkstainError(f"{source}: its config cannot be read ({err}); use a new --out folder") from None
     diffs = [f"{k}: {theirs['model'][k]} there, {v} here" for k, v in ours["model"].items() if theirs["model"][k] != v]
@@ -347,7 +377,10 @@ class RunSetup:
         run_dir = Path(run_dir)
         config_file = run_dir / "config.yaml"
         if config_file.is_file():
-            check_same_architecture(cfg, read_run_config(config_file).to_dict(), source=str(config_file))
+            saved = read_run_config(config_file)  # warns when it predates a setting (config.migrate_saved_config)
+            cfg = keep_trained_settings(cfg, saved)
+            check_same_architecture(cfg, saved.to_dict(), source=str(config_file))
+        cfg = cfg.resolved()
         if dist_info.is_main:
             write_text_atomic(config_file, cfg.to_yaml())
         return cls(cfg, run_dir, dist_info, make_runtime(cfg, device, dist_info))

@@ -56,12 +56,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(command: str) -> None:
+    """Warnings print as ``tdkstain COMMAND: warning: ...`` (not Python's file:line header).
+
+    ``formatwarning``, not ``showwarning``: recording contexts (tests) still see every warning.
+    """
+    import warnings
+
+    warnings.formatwarning = lambda message, category, filename, lineno, line=None: f"tdkstain {command}: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    _one_line_warnings(args.command)
     try:
         return int(args._run(args) or 0)
     except TdkstainError as err:

@@ -18,6 +18,9 @@ file, plus dotted overrides KEY=VALUE (values read as YAML), e.g.:
   tdkstain train --config tdkstain-paper --data BCI --out runs/bci \\
       train.precision=bf16 train.channels_last=true loss.membrane=0
 
+Fine-tune the authors' model on your data: --init-from checkpoints/NAME
+(their latest_net_G.pth, latest_net_D.pth, latest_net_E.pth start G, D, E).
+
 The run folder gets config.yaml, checkpoints/step_*.pt (full state, last K
 kept), weights/generator.safetensors (+ generator_best.safetensors by
 validation), metrics.jsonl and tensorboard/. Rerunning the same command on
@@ -34,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dataset root (any layout `tdkstain check` accepts, with `tdkstain extract` outputs); "
                              "default: data.root of the config")
     parser.add_argument("--out", required=True, help="run folder; an existing one with checkpoints is resumed")
+    parser.add_argument("--init-from", default=None, metavar="PATH",
+                        help="fine-tune the authors' model: their checkpoint folder with latest_net_G.pth, latest_net_D.pth "
+                             "and latest_net_E.pth (or one of those files) initialises G, D and E of a new run "
+                             "(train.init_from; the config's sizes must match the files')")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     parser.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--baselines", action="store_true",
@@ -48,10 +55,9 @@ def run(args: argparse.Namespace) -> int:
 
     from tdkstain.config import load_config
 
-    overrides = list(args.overrides)
-    if args.data is not None:
-        overrides.append(f"data.root={args.data}")
-    cfg = load_config(args.config, overrides)
+    # Paths from flags are set verbatim, never read as YAML ('ds #1', '2024-01-01', 'on' stay strings).
+    values = {key: value for key, value in (("data.root", args.data), ("train.init_from", args.init_from)) if value is not None}
+    cfg = load_config(args.config, list(args.overrides), values=values)
     if args.show_config:
         print(cfg.to_yaml(), end="")
         return 0

@@ -25,7 +25,7 @@ from tdkstain.inference.norm import (
     neighbourhood_stats,
 )
 from tdkstain.inference.tiling import Blender, TileGrid
-from tdkstain.networks import ResnetBlock, ResnetGenerator
+from tdkstain.networks import ResnetBlock
 
 __all__ = ["Stainer", "NORM_MODES", "PRECISIONS", "DEFAULT_NORM", "resolve_device", "downsampling_factor", "fit_tiling"]
 
@@ -613,7 +613,7 @@ def _layerwise(
     if isinstance(module, ResnetBlock):
         residual = _layerwise(module.conv_block, chunks, layers, autocast, boxes)
         return [x + r for x, r in zip(chunks, residual)]
-    if isinstance(module, ResnetGenerator):
+    if isinstance(getattr(module, "model", None), nn.Sequential):  # the generators: ResnetGenerator, CUTResnetGenerator, ...
         return _layerwise(module.model, chunks, layers, autocast, boxes)
     raise TdkstainError(
         f"sequential statistics do not know how {type(module).__name__} runs its layers; use norm='kernel' or 'tile'"

@@ -2,20 +2,23 @@
 
 Settings from lifangda01/AdaptiveSupervisedPatchNCE, ``experiments/mist_launcher.py``
 (their MIST HER2 run) on top of ``models/cpt_model.py`` defaults: CUT_mode
-FastCUT (no identity NCE), resnet_6blocks generator (2 downsamplings),
-PatchGAN n_layers_D 5 with ndf 32, instance norm, spectral norm in D, LSGAN
+FastCUT (no identity NCE), resnet_6blocks generator (2 anti-aliased
+downsamplings), PatchGAN n_layers_D 5 with ndf 32, instance norm, spectral
+norm on every conv of G and D (``--weight_norm spectral``), LSGAN
 (CUT's default ``gan_mode``), lambda_GAN 1, lambda_NCE 10 on nce_layers
 0,4,8,12,16 with 256 patches, nce_T 0.07 and 256-wide MLP heads (netF
 ``mlp_sample``), lambda_asp 10 with ``asp_loss_mode lambda_linear``,
 lambda_gp 10 with gp_weights [1/64, 1/32, 1/16, 1/8, 1/4, 1] (6 levels),
 xavier init (gain 0.02), 30 + 10 epochs.
 
-Networks: ``generator`` (our ResNet generator; stride-2 convs, i.e. CUT's
-``--no_antialias --no_antialias_up`` variant, same parameter count),
-``discriminator`` (unconditional PatchGAN on IHC), ``projection`` (netF).
-``baseline.nce_layers`` index our generator's Sequential: 0, 4, 7, 10, 14 are
-the positions of CUT's 0, 4, 8, 12, 16 in its anti-aliased layout (input
-padding, the two downsampling convs, residual blocks 1 and 5).
+Networks, as the reference builds them (``tdkstain.methods.blocks``):
+``generator`` (:class:`CUTResnetGenerator`), ``discriminator``
+(:class:`CUTPatchDiscriminator`, unconditional, on IHC), ``projection``
+(netF, :class:`PatchSampleMLP`, ASP's normalisation ``x / ||x + 1e-7||``).
+``baseline.nce_layers`` index the generator's Sequential: 0, 4, 8, 12, 16 are
+the input padding, the two downsampling convs and residual blocks 1 and 5.
+``baseline.antialias=false`` gives CUT's stride-2 variant (there, the same
+places are 0, 4, 7, 10, 14).
 
 Per iteration (D first, then G and netF together, as ``CPTModel``):
 
@@ -31,15 +34,14 @@ from __future__ import annotations
 import torch
 
 from tdkstain.methods.base import BaselineObjective, discriminator_update, generator_log, update
-from tdkstain.methods.blocks import PatchDiscriminator, PatchSampleMLP, sequential_features, xavier_init
+from tdkstain.methods.blocks import CUTPatchDiscriminator, CUTResnetGenerator, PatchSampleMLP, sequential_features, xavier_init
 from tdkstain.methods.losses import asp_weights, gauss_pyramid_l1, patch_nce, positive_logits
-from tdkstain.networks import ResnetGenerator
 from tdkstain.objective import Batch, Nets, Optimizers, Runtime, Terms, frozen, gan_loss
 
 __all__ = ["ASPObjective", "layer_channels"]
 
 
-def layer_channels(generator: ResnetGenerator, layer_ids: list[int], size: int = 32) -> list[int]:
+def layer_channels(generator: CUTResnetGenerator, layer_ids: list[int], size: int = 32) -> list[int]:
     """Channels of the generator's outputs at ``layer_ids`` (one tiny forward on zeros, no gradients)."""
     with torch.no_grad():
         x = torch.zeros(1, generator.init_kwargs["input_nc"], size, size)
@@ -51,11 +53,11 @@ class ASPObjective(BaselineObjective):
 
     def networks(self) -> Nets:
         m, o = self.cfg.model, self.options
-        generator = ResnetGenerator(3, 3, m.ngf, m.n_downsampling, m.n_blocks)
+        generator = CUTResnetGenerator(3, 3, m.ngf, m.n_downsampling, m.n_blocks, o.antialias, o.spectral_norm)
         size = 2 ** (m.n_downsampling + 3)
         return {
             "generator": generator,
-            "discriminator": PatchDiscriminator(3, m.ndf, m.n_layers_d, o.norm, o.spectral_norm),
+            "discriminator": CUTPatchDiscriminator(3, m.ndf, m.n_layers_d, o.norm, o.antialias, o.spectral_norm),
             "projection": PatchSampleMLP(layer_channels(generator, list(o.nce_layers), size), o.nce_dim),
         }
 
@@ -64,10 +66,12 @@ class ASPObjective(BaselineObjective):
             xavier_init(net, 0.02)
         return nets
 
-    def _nce(self, projection: PatchSampleMLP, query_features, key_features, batch: int, epoch: int | None) -> torch.Tensor:
-        """Mean over layers of the mean (optionally ASP-weighted) PatchNCE; patch locations drawn from the keys."""
+    def _nce(self, projection: PatchSampleMLP, query_features, key_features, batch: int, epoch: int | None,
+             patch_ids: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Mean over layers of the mean (optionally ASP-weighted) PatchNCE; patch locations drawn from the keys
+        (or ``patch_ids``, one index tensor per layer)."""
         o = self.options
-        keys, ids = projection(key_features, o.nce_patches, None)
+        keys, ids = projection(key_features, o.nce_patches, patch_ids)
         queries, _ = projection(query_features, o.nce_patches, ids)
         total = torch.zeros((), device=keys[0].device)
         for q, k in zip(queries, keys):
@@ -78,28 +82,36 @@ class ASPObjective(BaselineObjective):
             total = total + loss.mean()
         return total / len(queries)
 
+    def generator_terms(self, nets: Nets, he: torch.Tensor, ihc: torch.Tensor, fake: torch.Tensor, epoch: int, rt: Runtime,
+                        patch_ids: dict[str, list[torch.Tensor]] | None = None) -> Terms:
+        """``GAN(D(G(x)), 1)``, ``w_nce * NCE(G(x) | x)``, ``w_asp * ASP(G(x) | y)`` at 1-based ``epoch`` and
+        ``w_gp * GP(G(x), y)`` (weighted, with graphs). ``patch_ids``: fixed locations ``{"nce": [...], "asp": [...]}``
+        (tests); by default drawn anew."""
+        generator, discriminator, projection = nets["generator"], nets["discriminator"], nets["projection"]
+        o, ids = self.options, patch_ids or {}
+        layers = list(o.nce_layers)
+        terms: Terms = {}
+        with rt.autocast():
+            terms["gan"] = gan_loss([discriminator(fake)], True, self.loss.gan)
+            features_fake = sequential_features(generator.model, layers, fake)
+            if o.nce > 0:
+                features_he = sequential_features(generator.model, layers, he)
+                terms["nce"] = o.nce * self._nce(projection, features_fake, features_he, len(he), None, ids.get("nce"))
+            if o.asp > 0:
+                features_ihc = sequential_features(generator.model, layers, ihc)
+                terms["asp"] = o.asp * self._nce(projection, features_fake, features_ihc, len(he), epoch, ids.get("asp"))
+        if o.gaussian_pyramid > 0:
+            terms["gaussian_pyramid"] = o.gaussian_pyramid * gauss_pyramid_l1(fake.float(), ihc, list(o.gaussian_pyramid_weights))
+        return terms
+
     def train_step(self, step: int, nets: Nets, optimizers: Optimizers, batch: Batch, rt: Runtime) -> Terms:
         generator, discriminator, projection = nets["generator"], nets["discriminator"], nets["projection"]
         he, ihc = batch["he"], batch["ihc"]
-        o = self.options
         with rt.autocast():
             fake = generator(he)
         out = discriminator_update(discriminator, optimizers["discriminator"], ihc, fake.detach(), self.loss.gan, rt)
-
-        terms: Terms = {}
-        layers = list(o.nce_layers)
         with frozen(discriminator):
-            with rt.autocast():
-                terms["gan"] = gan_loss([discriminator(fake)], True, self.loss.gan)
-                features_fake = sequential_features(generator.model, layers, fake)
-                if o.nce > 0:
-                    features_he = sequential_features(generator.model, layers, he)
-                    terms["nce"] = o.nce * self._nce(projection, features_fake, features_he, len(he), None)
-                if o.asp > 0:
-                    features_ihc = sequential_features(generator.model, layers, ihc)
-                    terms["asp"] = o.asp * self._nce(projection, features_fake, features_ihc, len(he), self.epoch(step))
-            if o.gaussian_pyramid > 0:
-                terms["gaussian_pyramid"] = o.gaussian_pyramid * gauss_pyramid_l1(fake.float(), ihc, list(o.gaussian_pyramid_weights))
+            terms = self.generator_terms(nets, he, ihc, fake, self.epoch(step), rt)
             total = sum(terms.values())
             update("generator", total, terms, [generator, projection], [optimizers["generator"], optimizers["projection"]], rt)
         return out | generator_log(terms, total)

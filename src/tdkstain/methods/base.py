@@ -16,7 +16,7 @@ from torch import nn
 from tdkstain.config import Config
 from tdkstain.objective import Batch, Nets, NonFiniteLoss, Optimizers, Runtime, Terms, _gradients_finite, gan_loss
 
-__all__ = ["BaselineObjective", "discriminator_update", "generator_log", "update"]
+__all__ = ["BaselineObjective", "discriminator_terms", "discriminator_update", "generator_log", "update"]
 
 
 def update(phase: str, loss: torch.Tensor, terms: Terms, nets: list[nn.Module], optimizers: list[torch.optim.Optimizer], rt: Runtime) -> bool:
@@ -57,27 +57,35 @@ def update(phase: str, loss: torch.Tensor, terms: Terms, nets: list[nn.Module], 
     return True
 
 
-def discriminator_update(discriminator: nn.Module, optimizer: torch.optim.Optimizer, real_input: torch.Tensor,
-                         fake_input: torch.Tensor, gan: str, rt: Runtime, *, name: str = "discriminator",
-                         score: nn.Module | None = None) -> Terms:
-    """One discriminator update, ``0.5 * (GAN(D(real), 1) + GAN(D(fake), 0))`` as pix2pix, pix2pixHD and CUT do.
+def discriminator_terms(score: nn.Module, real_input: torch.Tensor, fake_input: torch.Tensor, gan: str,
+                        rt: Runtime) -> tuple[torch.Tensor, Terms]:
+    """``0.5 * (GAN(D(real), 1) + GAN(D(fake), 0))`` as pix2pix, pix2pixHD and CUT form it: ``(total, {real, fake})``.
 
-    ``fake_input`` must already be detached from the generator. Fake is scored
-    first, then real: pix2pix's order, which batch-norm running statistics see.
-    Single-scale discriminators (one tensor) and multi-scale ones (a list) both work.
-    ``score`` is the part of ``discriminator`` that scores images, when the
-    updated module holds more (CycleGAN's discriminator with its image pool).
-    Returns the logged terms ``NAME/{real,fake,loss}``, detached.
+    Fake is scored first, then real: pix2pix's order, which batch-norm running
+    statistics see. Single-scale discriminators (one tensor) and multi-scale
+    ones (a list) both work.
     """
-    score = score or discriminator
     with rt.autocast():
         fake_scores = score(fake_input)
         real_scores = score(real_input)
     d_fake = gan_loss(fake_scores if isinstance(fake_scores, list) else [fake_scores], False, gan)
     d_real = gan_loss(real_scores if isinstance(real_scores, list) else [real_scores], True, gan)
-    d_total = 0.5 * (d_real + d_fake)
-    update(name, d_total, {"real": d_real, "fake": d_fake}, [discriminator], [optimizer], rt)
-    return {f"{name}/real": d_real.detach(), f"{name}/fake": d_fake.detach(), f"{name}/loss": d_total.detach()}
+    return 0.5 * (d_real + d_fake), {"real": d_real, "fake": d_fake}
+
+
+def discriminator_update(discriminator: nn.Module, optimizer: torch.optim.Optimizer, real_input: torch.Tensor,
+                         fake_input: torch.Tensor, gan: str, rt: Runtime, *, name: str = "discriminator",
+                         score: nn.Module | None = None) -> Terms:
+    """One discriminator update on :func:`discriminator_terms`.
+
+    ``fake_input`` must already be detached from the generator. ``score`` is
+    the part of ``discriminator`` that scores images, when the updated module
+    holds more (CycleGAN's discriminator with its image pool). Returns the
+    logged terms ``NAME/{real,fake,loss}``, detached.
+    """
+    d_total, terms = discriminator_terms(score or discriminator, real_input, fake_input, gan, rt)
+    update(name, d_total, terms, [discriminator], [optimizer], rt)
+    return {f"{name}/real": terms["real"].detach(), f"{name}/fake": terms["fake"].detach(), f"{name}/loss": d_total.detach()}
 
 
 def generator_log(terms: Terms, total: torch.Tensor) -> Terms:
@@ -112,7 +120,7 @@ class BaselineObjective:
         raise NotImplementedError
 
     def initialise(self, nets: Nets) -> Nets:
-        """Default: pix2pix's ``normal`` init, N(0, 0.02) (``tdkstain.networks.init_weights``)."""
+        """Default: pix2pix's ``normal`` init, N(0, 0.02) weights, zero biases (``tdkstain.networks.init_weights``)."""
         from tdkstain.networks import init_weights
 
         for net in nets.values():

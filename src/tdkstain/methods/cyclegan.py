@@ -91,25 +91,32 @@ class CycleGANObjective(BaselineObjective):
             nets["discriminator"].add_module("ihc_history", IhcHistory(self.cfg.data.batch, 3, self.cfg.data.crop))
         return nets
 
+    def generator_terms(self, nets: Nets, x: torch.Tensor, y: torch.Tensor, rt: Runtime) -> tuple[Terms, torch.Tensor, torch.Tensor]:
+        """The six generator terms (weighted, with graphs), ``G(x)`` and ``F(y)``: the reference's ``backward_G``."""
+        g, f = nets["generator"], nets["generator_ihc_to_he"]
+        d_ihc, d_he = nets["discriminator"], nets["discriminator_he"]
+        o = self.options
+        terms: Terms = {}
+        with rt.autocast():
+            fake_ihc = g(x)
+            reconstructed_x = f(fake_ihc)
+            fake_he = f(y)
+            reconstructed_y = g(fake_he)
+            identity_y = g(y) if o.identity > 0 else None
+            identity_x = f(x) if o.identity > 0 else None
+            terms["gan_ihc"] = gan_loss([d_ihc.model(fake_ihc)], True, self.loss.gan)
+            terms["gan_he"] = gan_loss([d_he.model(fake_he)], True, self.loss.gan)
+        terms |= cycle_terms(x, y, reconstructed_x, reconstructed_y, identity_x, identity_y, o.cycle, o.identity)
+        return terms, fake_ihc, fake_he
+
     def train_step(self, step: int, nets: Nets, optimizers: Optimizers, batch: Batch, rt: Runtime) -> Terms:
         g, f = nets["generator"], nets["generator_ihc_to_he"]
         d_ihc, d_he = nets["discriminator"], nets["discriminator_he"]
         x, y = batch["he"], batch["ihc"]
-        o = self.options
-        if o.unpaired:
+        if self.options.unpaired:
             y = d_ihc.ihc_history.swap(y)
-        terms: Terms = {}
         with frozen(d_ihc, d_he):
-            with rt.autocast():
-                fake_ihc = g(x)
-                reconstructed_x = f(fake_ihc)
-                fake_he = f(y)
-                reconstructed_y = g(fake_he)
-                identity_y = g(y) if o.identity > 0 else None
-                identity_x = f(x) if o.identity > 0 else None
-                terms["gan_ihc"] = gan_loss([d_ihc.model(fake_ihc)], True, self.loss.gan)
-                terms["gan_he"] = gan_loss([d_he.model(fake_he)], True, self.loss.gan)
-            terms |= cycle_terms(x, y, reconstructed_x, reconstructed_y, identity_x, identity_y, o.cycle, o.identity)
+            terms, fake_ihc, fake_he = self.generator_terms(nets, x, y, rt)
             total = sum(terms.values())
             update("generator", total, terms, [g, f], [optimizers["generator"], optimizers["generator_ihc_to_he"]], rt)
         out = generator_log(terms, total)

@@ -58,6 +58,15 @@ class Pix2pixObjective(BaselineObjective):
     def extra_terms(self, fake: torch.Tensor, real: torch.Tensor) -> Terms:
         return {}
 
+    def generator_terms(self, discriminator, he: torch.Tensor, ihc: torch.Tensor, fake: torch.Tensor, rt: Runtime) -> Terms:
+        """``GAN(D(x, G(x)), 1)``, ``w_L1 * L1(G(x), y)`` and the method's extra terms (weighted, with graphs)."""
+        terms: Terms = {}
+        with rt.autocast():
+            terms["gan"] = gan_loss([discriminator(torch.cat([he, fake], 1))], True, self.loss.gan)
+        if self.loss.l1 > 0:
+            terms["l1"] = self.loss.l1 * F.l1_loss(fake.float(), ihc)
+        return terms | self.extra_terms(fake.float(), ihc)
+
     def train_step(self, step: int, nets: Nets, optimizers: Optimizers, batch: Batch, rt: Runtime) -> Terms:
         generator, discriminator = nets["generator"], nets["discriminator"]
         he, ihc = batch["he"], batch["ihc"]
@@ -65,14 +74,8 @@ class Pix2pixObjective(BaselineObjective):
             fake = generator(he)
         out = discriminator_update(discriminator, optimizers["discriminator"], torch.cat([he, ihc], 1),
                                    torch.cat([he, fake.detach()], 1), self.loss.gan, rt)
-
-        terms: Terms = {}
         with frozen(discriminator):
-            with rt.autocast():
-                terms["gan"] = gan_loss([discriminator(torch.cat([he, fake], 1))], True, self.loss.gan)
-            if self.loss.l1 > 0:
-                terms["l1"] = self.loss.l1 * F.l1_loss(fake.float(), ihc)
-            terms |= self.extra_terms(fake.float(), ihc)
+            terms = self.generator_terms(discriminator, he, ihc, fake, rt)
             total = sum(terms.values())
             update("generator", total, terms, [generator], [optimizers["generator"]], rt)
         return out | generator_log(terms, total)

@@ -9,9 +9,12 @@ n_layers_D 3; LSGAN; lambda_feat 10):
    FM the GAN feature-matching loss (``losses.feature_matching``) and VGG the
    VGG19 perceptual loss (``losses.vgg_perceptual``, layer weights 1/32 ... 1).
 
-pix2pixHD computes both losses with the same D and steps G first; here D is
-updated first and G then sees the updated D (the order of TDKstain's
-trainer). The VGG term needs the ImageNet VGG19 file ``vgg19-dcbb9e9d.pth``
+As the reference's ``train.py``, both losses are computed with the same D:
+G is updated first (D frozen), then D on the fake of that same iteration.
+D's 4x4 convs pad by 2 (pix2pixHD's ``padw = ceil(3 / 2)``; TDKstain's
+release pads by 1, ``model.d_padding``). Initialisation is pix2pixHD's
+``weights_init``: conv weights N(0, 0.02), conv biases left at PyTorch's
+default (uniform within +-1/sqrt(fan_in)). The VGG term needs the ImageNet VGG19 file ``vgg19-dcbb9e9d.pth``
 (``baseline.vgg19_weights``, ``$TDKSTAIN_WEIGHTS``, ``~/.cache/tdkstain/weights``
 or the torch hub cache); without it the term is dropped with a warning.
 """
@@ -28,8 +31,8 @@ from tdkstain.errors import TdkstainError
 from tdkstain.methods.base import BaselineObjective, discriminator_update, generator_log, update
 from tdkstain.methods.blocks import VGG19Features
 from tdkstain.methods.losses import feature_matching, vgg_perceptual
-from tdkstain.networks import MultiscaleDiscriminator, ResnetGenerator
-from tdkstain.objective import Batch, Nets, Optimizers, Runtime, Terms, frozen, gan_loss
+from tdkstain.networks import MultiscaleDiscriminator, ResnetGenerator, init_weights, multiscale_min_input
+from tdkstain.objective import Batch, Nets, Optimizers, Runtime, Terms, check_tile_sizes, frozen, gan_loss
 
 __all__ = ["Pix2pixHDObjective", "VGG19_FILE", "find_vgg19", "load_vgg19"]
 
@@ -71,6 +74,9 @@ class Pix2pixHDObjective(BaselineObjective):
 
     def __init__(self, cfg, steps_per_epoch: int):
         super().__init__(cfg, steps_per_epoch)
+        m = cfg.model
+        check_tile_sizes(cfg, 2**m.n_downsampling, multiscale_min_input(m.n_layers_d, m.num_d, cfg.d_padding),
+                         f"a {m.num_d}-scale discriminator (model.num_d) with {m.n_layers_d} layers padding {cfg.d_padding}")
         self.vgg: VGG19Features | None = None
         if self.options.vgg > 0:
             path = find_vgg19(self.options.vgg19_weights)
@@ -87,32 +93,44 @@ class Pix2pixHDObjective(BaselineObjective):
         m = self.cfg.model
         return {
             "generator": ResnetGenerator(3, 3, m.ngf, m.n_downsampling, m.n_blocks),
-            "discriminator": MultiscaleDiscriminator(6, m.ndf, m.n_layers_d, m.num_d, get_intermediate_features=True),
+            "discriminator": MultiscaleDiscriminator(6, m.ndf, m.n_layers_d, m.num_d, get_intermediate_features=True,
+                                                     padding=self.cfg.d_padding),
         }
+
+    def initialise(self, nets: Nets) -> Nets:
+        """pix2pixHD's ``weights_init``: conv weights N(0, 0.02), biases as PyTorch initialised them."""
+        for net in nets.values():
+            init_weights(net, zero_bias=False)
+        return nets
+
+    def generator_terms(self, discriminator, he: torch.Tensor, ihc: torch.Tensor, fake: torch.Tensor, rt: Runtime) -> Terms:
+        """``sum_s GAN(D_s(x, G(x)), 1)``, ``w_FM * FM`` and ``w_VGG * VGG`` (weighted, with graphs)."""
+        terms: Terms = {}
+        with rt.autocast():
+            fake_features = discriminator(torch.cat([he, fake], 1))
+            terms["gan"] = gan_loss(fake_features, True, self.loss.gan)
+            if self.options.feature_matching > 0:
+                with torch.no_grad():
+                    real_features = discriminator(torch.cat([he, ihc], 1))
+                terms["feature_matching"] = self.options.feature_matching * feature_matching(
+                    fake_features, real_features, self.cfg.model.n_layers_d)
+            if self.vgg is not None:
+                self.vgg.to(fake.device)
+                with torch.no_grad():
+                    real_vgg = self.vgg(ihc)
+                terms["vgg"] = self.options.vgg * vgg_perceptual(self.vgg(fake), real_vgg)
+        return terms
 
     def train_step(self, step: int, nets: Nets, optimizers: Optimizers, batch: Batch, rt: Runtime) -> Terms:
         generator, discriminator = nets["generator"], nets["discriminator"]
         he, ihc = batch["he"], batch["ihc"]
         with rt.autocast():
             fake = generator(he)
-        out = discriminator_update(discriminator, optimizers["discriminator"], torch.cat([he, ihc], 1),
-                                   torch.cat([he, fake.detach()], 1), self.loss.gan, rt)
-
-        terms: Terms = {}
         with frozen(discriminator):
-            with rt.autocast():
-                fake_features = discriminator(torch.cat([he, fake], 1))
-                terms["gan"] = gan_loss(fake_features, True, self.loss.gan)
-                if self.options.feature_matching > 0:
-                    with torch.no_grad():
-                        real_features = discriminator(torch.cat([he, ihc], 1))
-                    terms["feature_matching"] = self.options.feature_matching * feature_matching(
-                        fake_features, real_features, self.cfg.model.n_layers_d)
-                if self.vgg is not None:
-                    self.vgg.to(fake.device)
-                    with torch.no_grad():
-                        real_vgg = self.vgg(ihc)
-                    terms["vgg"] = self.options.vgg * vgg_perceptual(self.vgg(fake), real_vgg)
+            terms = self.generator_terms(discriminator, he, ihc, fake, rt)
             total = sum(terms.values())
             update("generator", total, terms, [generator], [optimizers["generator"]], rt)
-        return out | generator_log(terms, total)
+        out = generator_log(terms, total)
+        # D sees the fake G made before its update, as the reference's loss_D does.
+        return out | discriminator_update(discriminator, optimizers["discriminator"], torch.cat([he, ihc], 1),
+                                          torch.cat([he, fake.detach()], 1), self.loss.gan, rt)
