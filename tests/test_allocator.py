@@ -38,8 +38,3 @@ def test_keep_freed_memory_keeps_pages_that_glibc_would_unmap():
     assert status == "True"
     assert kept_resident > 200, "after keep_freed_memory() the freed block stays resident for reuse"
 
-
-def test_keep_freed_memory_is_idempotent():
-    from tdkstain.allocator import keep_freed_memory
-
-    assert keep_freed_memory() is keep_freed_memory()

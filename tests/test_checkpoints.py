@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 from tdkstain.checkpoints import (
-    WEIGHTS_FORMAT,
     find_generator_weights,
     load_generator,
     load_generator_with_card,
@@ -79,7 +78,7 @@ def test_import_cli_round_trip_matches_fixture(tmp_path, capsys):
     assert run_import_cli([str(OFFICIAL_G), "--out", str(out), "--mpp", "0.5", "--tile-size", "1024"]) == 0
     assert "ngf=8" in capsys.readouterr().out
     state_dict, card = load_weights(out)
-    assert card["format"] == WEIGHTS_FORMAT and card["network"] == "ResnetGenerator"
+    assert card["format"] == "tdkstain.weights/1" and card["network"] == "ResnetGenerator"
     assert card["kwargs"]["ngf"] == 8 and card["value_range"] == [-1, 1]
     assert card["tile_size"] == 1024 and card["mpp"] == 0.5
     assert len(card["source"]["sha256"]) == 64 and card["source"]["file"] == OFFICIAL_G.name
@@ -186,7 +185,7 @@ def test_save_load_round_trip_with_card(tmp_path):
     generator = tiny_generator().to(memory_format=torch.channels_last)  # non-contiguous weights
     path = save_network(tmp_path / "g.safetensors", generator, tile_size=256, mpp=0.46, config={"loss": {"nuclei": 10.0}})
     state_dict, card = load_weights(path)
-    assert card["format"] == WEIGHTS_FORMAT
+    assert card["format"] == "tdkstain.weights/1"  # the file format's name, fixed: older files carry it
     assert card["kwargs"] == generator.init_kwargs and card["config"] == {"loss": {"nuclei": 10.0}}
     assert card["tile_size"] == 256 and card["mpp"] == 0.46 and card["value_range"] == [-1, 1]
     for key, value in generator.state_dict().items():

@@ -11,7 +11,7 @@ from tdkstain.errors import TdkstainError
 def test_presets_load_and_paper_preset_is_the_paper():
     assert {"tdkstain-paper", "demo-cpu"} <= set(preset_names())
     paper = load_config("tdkstain-paper")
-    # METHOD.md: 1024 tiles, batch 1, ngf 64, 100 epochs with 50 of decay, weights 10, LSGAN, Adam 2e-4 (0.5, 0.999).
+    # docs/method.md: 1024 tiles, batch 1, ngf 64, 100 epochs with 50 of decay, weights 10, LSGAN, Adam 2e-4 (0.5, 0.999).
     assert (paper.data.crop, paper.data.batch, paper.model.ngf, paper.model.n_blocks) == (1024, 1, 64, 9)
     assert (paper.schedule.epochs, paper.schedule.decay_epochs, paper.schedule.kind) == (100, 50, "joint")
     assert (paper.loss.l1, paper.loss.membrane, paper.loss.nuclei, paper.loss.estimator, paper.loss.gan) == (10, 10, 10, 10, "lsgan")

@@ -60,7 +60,7 @@ def test_demo_writes_every_output_and_prints_the_report_path(demo):
         assert sorted(p.name for p in (out / "virtual" / method).glob("*.png")) == tiles
     html = report.read_text()
     assert re.search(r'class="(pass|fail)"><b>(PASS|FAIL): ', html)
-    # The headline numbers are those of the tiles on disk, recomputed here.
+    # The headline numbers are those of the tiles on disk (tile_scores itself is tested against scikit-image).
     scores = json.loads((out / "scores.json").read_text())
     again = tile_scores(out / "data" / "test_IHC", out / "virtual" / "TDKstain")
     assert again["ssim"] == pytest.approx(scores["TDKstain"]["ssim"])

@@ -48,7 +48,7 @@ def test_discriminator_and_estimator_keys_and_shapes_equal_release(paper_network
 
 
 def test_paper_parameter_counts(paper_networks):
-    # METHOD.md "Networks": G 45.6 M, D 8.3 M, E 6.8 M.
+    # docs/method.md "Networks": G 45.6 M, D 8.3 M, E 6.8 M.
     assert round(count_parameters(paper_networks.generator) / 1e6, 1) == 45.6
     assert round(count_parameters(paper_networks.discriminator) / 1e6, 1) == 8.3
     assert round(count_parameters(paper_networks.estimator) / 1e6, 1) == 6.8
@@ -222,7 +222,7 @@ def test_estimator_resizes_taps_and_output():
 
 
 def test_estimator_gradient_reaches_generator_encoder():
-    # The nuclei regulariser trains G through a frozen E (METHOD.md, G step).
+    # The nuclei regulariser trains G through a frozen E (docs/method.md, G step).
     generator = tiny_generator()
     estimator = NucleiDensityEstimator(input_nc=sum(generator.tap_channels), nef=4, n_blocks=1)
     estimator.requires_grad_(False)

@@ -298,8 +298,10 @@ def test_cellpose_pools_nuclei_and_cell_centroids(monkeypatch, tmp_path, version
     np.testing.assert_allclose(found[-1], (48.0, 48.0))
 
     nuclei_model, cell_model = _FakeCellposeModel.created
-    assert nuclei_model.calls[0]["diameter"] == pytest.approx(params.px(params.cellpose_nucleus_diameter_um))
-    assert cell_model.calls[0]["diameter"] == pytest.approx(params.px(params.cellpose_cell_diameter_um))
+    # 8 um nuclei and 15 um cells at the default 0.5 um/px
+    assert params.mpp == 0.5
+    assert nuclei_model.calls[0]["diameter"] == pytest.approx(16.0)
+    assert cell_model.calls[0]["diameter"] == pytest.approx(30.0)
     assert nuclei_model.calls[0]["dtype"] == np.uint8 and nuclei_model.calls[0]["shape"] == (64, 64)
     if version.startswith("3"):
         assert nuclei_model.pretrained_model == str(tmp_path / "nucleitorch_0")

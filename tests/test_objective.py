@@ -1,4 +1,4 @@
-"""The TDKstain objective: each phase against the formula of METHOD.md, ablations, batching."""
+"""The TDKstain objective: each phase against the formula of docs/method.md, ablations, batching."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Downstream HER2 classifier (the paper's Table 2): does generated IHC carry the score?
 
-Protocol (METHOD.md, "Downstream"): a ResNet50 is trained on the generated
+Protocol (docs/method.md, "Downstream"): a ResNet50 is trained on the generated
 IHC tiles of a method to the four membrane staining intensity classes
 (0, 1+, 2+, 3+) and tested on real IHC tiles of an external set; accuracy and
 macro F1 are reported. The same code trains on real IHC or on H&E for the

@@ -10,7 +10,7 @@ error naming the key instead of a silently ignored setting::
     cfg.loss.membrane  # 5.0
 
 The defaults below are the paper's configuration as released by the authors
-(see ``docs/METHOD.md`` "Networks" and "Losses and update order").
+(see ``docs/method.md`` "Networks" and "Losses and update order").
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    """Network sizes (METHOD.md "Networks"; release defaults)."""
+    """Network sizes (docs/method.md "Networks"; release defaults)."""
 
     ngf: int = Field(64, ge=1, description="generator base width")
     n_downsampling: int = Field(3, ge=1, description="stride-2 stages in the generator (taps = their outputs)")
@@ -52,7 +52,7 @@ class ModelConfig(Section):
 
 
 class LossConfig(Section):
-    """Loss weights (METHOD.md "Losses and update order": all 10, LSGAN).
+    """Loss weights (docs/method.md "Losses and update order": all 10, LSGAN).
 
     A weight of 0 removes the branch and its compute: ``membrane=0`` skips
     the ``G(M * x)`` forward, ``nuclei=0`` builds no estimator at all.

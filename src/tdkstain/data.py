@@ -8,7 +8,7 @@ One sample is five images of the same tissue, cropped and flipped together:
 - ``membrane_mask``   ``(1, S, S)`` float32 in [0, 1]    soft membrane mask ``M``
 - ``nuclei_density``  ``(1, S, S)`` float32 in [0, 1]    density map ``K_N``
 
-(METHOD.md "Knowledge extraction"; the maps are written by ``tdkstain
+(docs/method.md "Knowledge extraction"; the maps are written by ``tdkstain
 extract`` in the release's folder names.) A branch whose loss weight is 0
 does not load its maps.
 

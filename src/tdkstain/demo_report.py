@@ -21,7 +21,7 @@ import numpy as np
 from tdkstain.atomic import atomic_path, write_text_atomic
 
 # The pass/fail rule of the headline. L1 is the training's reconstruction term
-# and SSIM the paper's main image metric (METHOD.md); both must improve on both
+# and SSIM the paper's main image metric (docs/method.md); both must improve on both
 # baselines for the demo to count as having learnt something.
 HEADLINE_RULE = "lower L1 and higher SSIM than both the untrained generator and the mean-colour baseline"
 

@@ -1,12 +1,12 @@
 """Domain knowledge of one IHC tile: DAB image, membrane mask, nuclei, nuclei density.
 
-The release's recipe (METHOD.md "Knowledge extraction", ``mode="release"``)
+The release's recipe (docs/method.md "Knowledge extraction", ``mode="release"``)
 and our adaptive membrane mask (``mode="adaptive"``, issue 10) live here; the
 dataset loop that writes them to disk is ``extraction``.
 
 Membrane mask, two modes (``MembraneParams``):
 
-- ``release``: METHOD.md step 3 exactly: HSV saturation of the DAB-only RGB
+- ``release``: docs/method.md step 3 exactly: HSV saturation of the DAB-only RGB
   image > 0.15 -> 255, else 0, then OpenCV's 9x9, sigma 3 blur (switchable).
   That saturation test is a fixed threshold on DAB density,
   ``dab > 0.0231`` (``stain.RELEASE_DAB_THRESHOLD``). Many scans (BCI
@@ -41,7 +41,7 @@ scan, so both masks are dilated by a disk of ``tolerance_px`` (2 px, about
 mask is compared. A mask that fills the tissue scores the true membrane
 area over the tissue area, a mask that misses the membranes scores ~0.
 
-Nuclei density (METHOD.md step 5, ``density_map``): one impulse per
+Nuclei density (docs/method.md step 5, ``density_map``): one impulse per
 centroid, Gaussian sigma 11 px, then either min-max per tile as the release
 (an empty tile gives zeros, not the release's NaN) or count-preserving.
 """
@@ -87,12 +87,12 @@ class MembraneParams:
     Densities are in ``skimage.color.rgb2hed`` units (decadic OD / 6).
     """
 
-    # "adaptive" (ours, issue 10) is the default: it matched or beat "release" (METHOD.md
+    # "adaptive" (ours, issue 10) is the default: it matched or beat "release" (docs/method.md
     # step 3) on every synthetic failure case and stays equal to it on clean tiles
     # (docs/knowledge.md).
     mode: str = "adaptive"
     blur: bool = True  # the release's 9x9, sigma 3 Gaussian on the saved mask
-    # release: DAB-image saturation strictly above this is membrane (METHOD.md step 3).
+    # release: DAB-image saturation strictly above this is membrane (docs/method.md step 3).
     saturation_threshold: float = stain.RELEASE_SATURATION_THRESHOLD
     # adaptive: DAB density margin above the tile's background. Default: the
     # release's saturation threshold expressed as DAB density (0.0231), so a
@@ -290,7 +290,7 @@ def membrane_mask_binary(ihc: np.ndarray, params: MembraneParams | None = None) 
 
 
 def membrane_mask(ihc: np.ndarray, params: MembraneParams | None = None) -> np.ndarray:
-    """The membrane mask ``M`` as written to disk (METHOD.md step 3).
+    """The membrane mask ``M`` as written to disk (docs/method.md step 3).
 
     Args:
         ihc: (H, W, 3) uint8 RGB IHC tile.
@@ -505,7 +505,7 @@ def density_map(
     sigma: float = 11.0,
     normalise: str = "minmax",
 ) -> np.ndarray:
-    """Nuclei density map ``K_N`` (METHOD.md step 5).
+    """Nuclei density map ``K_N`` (docs/method.md step 5).
 
     One unit impulse per centroid at its rounded pixel (clipped into the tile),
     then a Gaussian of ``sigma`` px (release: 11) truncated at 4 sigma.

@@ -8,7 +8,7 @@ Layer order and module names reproduce the release's ``state_dict`` keys
 (``model.<i>.<param>`` for G and E, ``layer<i>.<j>.<param>`` for D; see
 ``shared/fixtures/official/*.json``), so the authors' checkpoints load
 without renaming. Every size is a constructor argument; the defaults are the
-paper configuration (METHOD.md "Networks"): G 45.6 M, D 8.3 M, E 6.8 M
+paper configuration (docs/method.md "Networks"): G 45.6 M, D 8.3 M, E 6.8 M
 parameters.
 
 This module imports nothing else from tdkstain (docs/ARCHITECTURE.md).
@@ -39,7 +39,7 @@ __all__ = [
 
 PADDING_TYPES = ("reflect", "replicate", "zero")
 # Zero padding of D's 4x4 convs: 1 in TDKstain's release (the pix2pix/CycleGAN PatchGAN it copies),
-# 2 in pix2pixHD's code. METHOD.md "Networks"; docs/method.md.
+# 2 in pix2pixHD's code. docs/method.md "Networks"; docs/method.md.
 DISCRIMINATOR_PADDINGS = (1, 2)
 
 
@@ -280,7 +280,7 @@ class MultiscaleDiscriminator(nn.Module):
             nn.LeakyReLU(0.2, inplace=True),
         ]
         ends = [len(layers) - 1]
-        # Channels double per layer, capped at 8 * ndf (METHOD.md; pix2pixHD
+        # Channels double per layer, capped at 8 * ndf (docs/method.md; pix2pixHD
         # caps at 512, which is the same number for the paper's ndf 64).
         nf = ndf
         for n in range(1, n_layers + 1):

@@ -2,7 +2,7 @@
 
 Two mask recipes:
 
-- ``release``: METHOD.md step 4 exactly, as the authors' release computes it:
+- ``release``: docs/method.md step 4 exactly, as the authors' release computes it:
   haematoxylin optical density (``skimage.color.rgb2hed``), rescaled from
   [min, 99th percentile] to [0, 255], Otsu threshold, holes under 400 px
   filled (connectivity 2), dilation with a disk of radius 1.
@@ -68,11 +68,11 @@ class NucleiParams:
 
     Sizes are in microns and converted with ``mpp`` so one setting serves 20x
     (~0.5 um/px) and 40x (~0.25 um/px) tiles. The ``release_*`` numbers are the
-    release's pixel constants (METHOD.md step 4) and are used as-is in
+    release's pixel constants (docs/method.md step 4) and are used as-is in
     ``release`` mode whatever the magnification, exactly as the release does.
     """
 
-    # "adaptive" (ours, issue 10) by default: better F1 than "release" (METHOD.md step 4)
+    # "adaptive" (ours, issue 10) by default: better F1 than "release" (docs/method.md step 4)
     # on every synthetic case, clean tiles included (benchmarks/knowledge_robustness.py).
     mode: str = "adaptive"
     backend: str = "classical"  # "classical" (no weights) | "cellpose" (paper/release)
@@ -87,7 +87,7 @@ class NucleiParams:
     min_diameter_um: float = 3.0
     max_diameter_um: float = 20.0
 
-    # --- release mask (METHOD.md step 4; pixel units as in the release) ---
+    # --- release mask (docs/method.md step 4; pixel units as in the release) ---
     release_percentile: float = 99.0  # upper end of the rescale range
     release_hole_area_px: int = 400  # holes strictly smaller than this are filled
     release_hole_connectivity: int = 2  # 8-connected holes, as the release
@@ -342,7 +342,7 @@ def nuclei_mask(ihc: np.ndarray, params: NucleiParams | None = None) -> np.ndarr
     """Binary nuclei mask of an IHC tile.
 
     ihc: (H, W, 3) uint8 RGB. Returns (H, W) bool, True on nuclei.
-    ``params.mode`` picks the release recipe (METHOD.md step 4) or ours.
+    ``params.mode`` picks the release recipe (docs/method.md step 4) or ours.
     """
     params = params or NucleiParams()
     params.validate()
@@ -601,7 +601,7 @@ def _cellpose_centroids(
 ) -> np.ndarray:
     segmenters = _load_cellpose_models(params)
     if dab_mask is None:
-        # METHOD.md steps 2-3, unblurred: what the release hands to 'cyto2'.
+        # docs/method.md steps 2-3, unblurred: what the release hands to 'cyto2'.
         dab = stain.release_membrane_mask(_check_ihc(ihc), blur=False) > 0
     else:
         dab_mask = np.asarray(dab_mask)

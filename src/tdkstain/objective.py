@@ -1,6 +1,6 @@
 """The TDKstain objective: three explicit update phases per iteration.
 
-METHOD.md "Losses and update order", with ``x`` the H&E, ``y`` the IHC,
+docs/method.md "Losses and update order", with ``x`` the H&E, ``y`` the IHC,
 ``M`` the soft membrane mask, ``K_M`` the DAB image and ``K_N`` the nuclei
 density map of one batch:
 
@@ -204,7 +204,7 @@ def generate(nets: Nets, batch: Batch, loss: LossConfig, rt: Runtime) -> Generat
     generator, he = nets["generator"], batch["he"]
     with rt.autocast():
         if loss.membrane > 0:
-            # M (B,1,H,W) in [0,1] times the [-1,1] H&E (METHOD.md): masked-out pixels become 0, mid-grey.
+            # M (B,1,H,W) in [0,1] times the [-1,1] H&E (docs/method.md): masked-out pixels become 0, mid-grey.
             both = generator(torch.cat([he, batch["membrane_mask"] * he], dim=0))
             fake, fake_membrane = both[: he.shape[0]], both[he.shape[0] :]
         else:
@@ -278,7 +278,7 @@ def build_generator(model: ModelConfig) -> ResnetGenerator:
 
 
 class TdkstainObjective:
-    """TDKstain (METHOD.md): networks it needs, and one training iteration.
+    """TDKstain (docs/method.md): networks it needs, and one training iteration.
 
     ``schedule.kind`` "joint" (the release): E, D, G phases every iteration.
     "two-stage" (the paper): the first ``estimator_steps`` iterations train

@@ -7,7 +7,7 @@ i.e. decadic optical density divided by 6, so that an intensity of 1e-6 has
 density 1. Every number in this file is checked against scikit-image and the
 authors' release (``tests/test_stain.py``).
 
-The release's DAB knowledge (METHOD.md steps 2-3, ``preprocess/get_dab_mask.py``):
+The release's DAB knowledge (docs/method.md steps 2-3, ``preprocess/get_dab_mask.py``):
 the DAB channel alone is turned back into RGB (``K_M``), and the membrane
 mask ``M`` is the HSV saturation of that image above 0.15, then blurred with
 OpenCV's 9x9, sigma 3 Gaussian. Because the DAB-only image has
@@ -39,7 +39,7 @@ HED_FROM_RGB = scipy.linalg.inv(RGB_FROM_HED)
 _MIN_INTENSITY = 1e-6
 _LOG_ADJUST = math.log(_MIN_INTENSITY)  # negative: ln(1e-6)
 
-# Release (METHOD.md step 3, get_dab_mask.py): saturation of the DAB-only RGB
+# Release (docs/method.md step 3, get_dab_mask.py): saturation of the DAB-only RGB
 # image strictly greater than 0.15 is membrane.
 RELEASE_SATURATION_THRESHOLD = 0.15
 # The same threshold expressed on the DAB density (see module docstring).
@@ -145,7 +145,7 @@ def dab_rgb_float(rgb: np.ndarray) -> np.ndarray:
 
 
 def dab_rgb(ihc: np.ndarray) -> np.ndarray:
-    """DAB channel image ``K_M`` exactly as the release writes it (METHOD.md step 2).
+    """DAB channel image ``K_M`` exactly as the release writes it (docs/method.md step 2).
 
     The release converts with ``np.array(x * 255, dtype=np.uint8)``, which
     truncates; we do the same (verified pixel-identical on the official fixture).
@@ -203,7 +203,7 @@ def release_blur(mask: np.ndarray) -> np.ndarray:
 
 
 def release_membrane_mask(ihc: np.ndarray, blur: bool = True) -> np.ndarray:
-    """The release's membrane mask ``M`` (METHOD.md step 3, ``get_dab_mask.py``).
+    """The release's membrane mask ``M`` (docs/method.md step 3, ``get_dab_mask.py``).
 
     Saturation of the float DAB-only image (before uint8 truncation, as the
     release does) strictly above 0.15 -> 255, else 0; optionally blurred.

@@ -8,7 +8,7 @@ HELP = "train a virtual-staining generator (resumes when the run folder has a ch
 
 DESCRIPTION = """\
 Train TDKstain (generator, multi-scale discriminator, nuclei density
-estimator; docs/METHOD.md) on paired H&E / IHC tiles whose knowledge maps
+estimator; docs/method.md) on paired H&E / IHC tiles whose knowledge maps
 were made by `tdkstain extract DATA`.
 
 The configuration is a preset name (tdkstain-paper, demo-cpu) or a YAML

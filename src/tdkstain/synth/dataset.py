@@ -25,7 +25,7 @@ from tdkstain.synth.tissue import (
     render_pair,
 )
 
-# Folders of the release layout (METHOD.md "Data") plus our truth folders.
+# Folders of the release layout (docs/method.md "Data") plus our truth folders.
 _SPLITS = ("train", "test")
 _PAIR_DIRS = ("HE", "IHC", "truth")
 

@@ -64,7 +64,7 @@ def fibres(rng: np.random.Generator, n: int, angle: float, px: float) -> np.ndar
 def warp_field(rng: np.random.Generator, n: int, misregister: float) -> np.ndarray:
     """(2, n, n) float64 smooth displacement (rows, cols) in px with max magnitude <= ``misregister``.
 
-    A consecutive section is never pixel-perfect (METHOD.md "Data"): a global shift
+    A consecutive section is never pixel-perfect (docs/method.md "Data"): a global shift
     plus a gentle deformation, both scaled so the largest displacement is 50-100 %
     of ``misregister``.
     """

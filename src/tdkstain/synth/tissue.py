@@ -57,7 +57,7 @@ FAILURES: tuple[str, ...] = (
 )
 HER2_LABELS: tuple[str, ...] = ("0", "1+", "2+", "3+")
 CELL_TYPES: tuple[str, ...] = ("tumour", "fibroblast", "lymphocyte")
-#: Microns per pixel: 20x is the default scale (BCI and RegH2I are 20x scans, METHOD.md).
+#: Microns per pixel: 20x is the default scale (BCI and RegH2I are 20x scans, docs/method.md).
 MPP_20X = 0.5
 MPP_40X = 0.25
 
