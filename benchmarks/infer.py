@@ -46,7 +46,7 @@ def _generator():
     from tdkstain.networks import ResnetGenerator, init_weights
 
     torch.manual_seed(0)
-    generator = ResnetGenerator()  # the paper configuration (METHOD.md)
+    generator = ResnetGenerator()  # the paper configuration (docs/method.md)
     init_weights(generator)
     return generator.eval()
 

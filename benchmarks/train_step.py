@@ -1,6 +1,6 @@
 """Seconds per TDKstain training step, achieved GFLOP/s against the machine's own limit, and peak memory.
 
-One step is the full iteration of METHOD.md: estimator step, G(x) and
+One step is the full iteration of docs/method.md: estimator step, G(x) and
 G(M * x), discriminator step, generator step (three backward passes and
 three Adam updates), paper preset, on random tensors of the crop size.
 
