@@ -1,7 +1,7 @@
 """Knowledge extraction speed per 1024 px tile: the numpy/scikit-image path against the torch path.
 
 - numpy path: ``tdkstain.knowledge.extract_tile`` (one tile per call);
-- torch path: ``tdkstain.extraction.fast.extract_tiles_torch`` (one tile per
+- torch path: ``tdkstain.knowledge.extraction.fast.extract_tiles_torch`` (one tile per
   call, and all tiles in one call), on the CPU or ``--device cuda``.
 
 For each: seconds per tile (median of the repeats), tiles per second, the
@@ -50,7 +50,7 @@ def load_tiles(args: argparse.Namespace) -> list[np.ndarray]:
 
 
 def make_params(mode: str):
-    from tdkstain.knowledge import ExtractionParams
+    from tdkstain.knowledge.maps import ExtractionParams
 
     return ExtractionParams.from_dict({"membrane": {"mode": mode}, "nuclei": {"mode": mode}})
 
@@ -59,7 +59,9 @@ def numpy_stages(ihc: np.ndarray, params, timer) -> object:
     """``knowledge.extract_tile`` step by step, timed; returns its TileKnowledge (checked equal by the caller)."""
     from skimage.morphology import h_maxima
 
-    from tdkstain import knowledge, nuclei, stain
+    from tdkstain.knowledge import maps as knowledge
+    from tdkstain.knowledge import nuclei
+    from tdkstain.knowledge import stain
 
     with timer("membrane"):
         membrane = knowledge.membrane_mask(ihc, params.membrane)
@@ -87,8 +89,8 @@ def run_engine(engine: str, args: argparse.Namespace) -> dict:
     """Time one engine in this process; returns seconds per tile, per stage, peak RSS."""
     import torch
 
-    from tdkstain import knowledge
-    from tdkstain.extraction.fast import StageTimer, extract_tiles_torch
+    from tdkstain.knowledge import maps as knowledge
+    from tdkstain.knowledge.extraction.fast import StageTimer, extract_tiles_torch
 
     torch.set_num_threads(args.threads)
     tiles = load_tiles(args)
@@ -144,8 +146,8 @@ def check_identical(args: argparse.Namespace) -> tuple[bool, str]:
     """Both engines on every tile; also that ``numpy_stages`` is ``extract_tile`` (so its breakdown is honest)."""
     import torch
 
-    from tdkstain import knowledge
-    from tdkstain.extraction.fast import StageTimer, extract_tiles_torch
+    from tdkstain.knowledge import maps as knowledge
+    from tdkstain.knowledge.extraction.fast import StageTimer, extract_tiles_torch
 
     tiles = load_tiles(args)
     params = make_params(args.mode)

@@ -250,12 +250,12 @@ def case_conv(case: dict, device, smoke: bool) -> dict:
 
 def case_train(case: dict, device, smoke: bool) -> dict:
     torch = _torch()
-    from tdkstain.config import load_config
-    from tdkstain.objective import Runtime, create_objective
+    from tdkstain.training.config import load_config
+    from tdkstain.methods import Runtime, create_method
 
     cfg = load_config("tdkstain-paper")
     crop, batch_size = case["crop"], case["batch"]
-    objective = create_objective(cfg, steps_per_epoch=1000)
+    objective = create_method(cfg, steps_per_epoch=1000)
     nets = objective.build_networks(0)
     memory_format = torch.channels_last if case["channels_last"] else torch.preserve_format
     for net in nets.values():
@@ -301,7 +301,7 @@ def case_infer(case: dict, device, smoke: bool) -> dict:
 
     torch = _torch()
     from tdkstain.inference import Stainer
-    from tdkstain.networks import ResnetGenerator
+    from tdkstain.models.tdkstain import ResnetGenerator
 
     tile, batch = case["tile"], case["batch"]
     torch.manual_seed(0)
@@ -446,7 +446,7 @@ def case_slide(case: dict, device, smoke: bool, workdir: Path) -> dict:
 
     torch = _torch()
     from tdkstain.inference import Stainer
-    from tdkstain.networks import ResnetGenerator
+    from tdkstain.models.tdkstain import ResnetGenerator
     from tdkstain.slides import SlideOptions, stain_slide
 
     size, tile, batch = case["size"], case["tile"], case["batch"]
@@ -552,21 +552,21 @@ def case_slide(case: dict, device, smoke: bool, workdir: Path) -> dict:
 
 
 def _find_torch_extractor() -> tuple[Callable | None, str]:
-    """The torch path of knowledge extraction (``tdkstain.extraction.fast.extract_tiles_torch``), or else any
-    public function of ``tdkstain.extraction`` / ``tdkstain.knowledge`` named ``extract*`` with a ``device``
+    """The torch path of knowledge extraction (``tdkstain.knowledge.extraction.fast.extract_tiles_torch``), or else any
+    public function of ``tdkstain.knowledge.extraction`` / ``tdkstain.knowledge`` named ``extract*`` with a ``device``
     argument; ``(None, why)`` when there is none."""
     import importlib
     import inspect
     import pkgutil
 
     try:
-        from tdkstain.extraction.fast import extract_tiles_torch
+        from tdkstain.knowledge.extraction.fast import extract_tiles_torch
 
-        return extract_tiles_torch, f"tdkstain.extraction.fast.extract_tiles_torch{inspect.signature(extract_tiles_torch)}"
+        return extract_tiles_torch, f"tdkstain.knowledge.extraction.fast.extract_tiles_torch{inspect.signature(extract_tiles_torch)}"
     except ImportError:
         pass
     modules = []
-    for name in ("tdkstain.extraction", "tdkstain.knowledge"):
+    for name in ("tdkstain.knowledge.extraction", "tdkstain.knowledge.maps"):
         try:
             module = importlib.import_module(name)
         except ImportError:
@@ -592,14 +592,14 @@ def _find_torch_extractor() -> tuple[Callable | None, str]:
     if candidates:
         _, attr, module, value, signature = min(candidates, key=lambda c: c[:2])
         return value, f"{module.__name__}.{attr}{signature}"
-    return None, "no public extract* function with a `device` argument in tdkstain.extraction / tdkstain.knowledge"
+    return None, "no public extract* function with a `device` argument in tdkstain.knowledge.extraction / tdkstain.knowledge"
 
 
 def case_extract(case: dict, device, smoke: bool) -> dict:
     import numpy as np
 
     torch = _torch()
-    from tdkstain import knowledge
+    from tdkstain.knowledge import maps as knowledge
     from tdkstain.synth.tissue import render_pair
 
     tile, batch = case["tile"], case["batch"]

@@ -43,7 +43,8 @@ import time
 def _generator():
     import torch
 
-    from tdkstain.networks import ResnetGenerator, init_weights
+    from tdkstain.models.tdkstain import ResnetGenerator
+    from tdkstain.models.layers import init_weights
 
     torch.manual_seed(0)
     generator = ResnetGenerator()  # the paper configuration (docs/method.md)
@@ -66,7 +67,7 @@ def _he_tile():
 
     import numpy as np
 
-    from tdkstain.images import read_rgb
+    from tdkstain.data.images import read_rgb
 
     he = read_rgb(files("tdkstain") / "examples" / "he_tiatoolbox_target_512.png")
     return np.pad(he, ((0, 1024 - he.shape[0]), (0, 1024 - he.shape[1]), (0, 0)), mode="symmetric")

@@ -25,8 +25,9 @@ from typing import Callable
 
 import numpy as np
 
-from tdkstain import knowledge, synth
-from tdkstain.knowledge import MembraneParams
+from tdkstain.knowledge import maps as knowledge
+from tdkstain import synth
+from tdkstain.knowledge.maps import MembraneParams
 
 HER2_SCORES = (0, 1, 2, 3)
 
@@ -99,7 +100,7 @@ def nuclei_f1_metric(case: Case, setting: Setting) -> dict[str, str]:
     true scale (``pair.mpp``), as a user states ``--mpp`` for a dataset. The
     release mode uses its pixel constants whatever the scale, as the release.
     """
-    from tdkstain.nuclei import NucleiParams, detect_nuclei, match_centroids
+    from tdkstain.knowledge.nuclei import NucleiParams, detect_nuclei, match_centroids
 
     # adaptive and adaptive+cal share the nuclei mode: detect once per case and mode.
     cache = case.__dict__.setdefault("_nuclei_cells", {})

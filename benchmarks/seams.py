@@ -39,7 +39,7 @@ SHARED = REPO.parent / "shared"
 def real_images(size: int) -> dict[str, np.ndarray]:
     import tifffile
 
-    from tdkstain.images import read_rgb
+    from tdkstain.data.images import read_rgb
 
     images = {"tiatoolbox_target": read_rgb(SHARED / "data" / "he_tiatoolbox_target.png")}
     svs = SHARED / "data" / "he_cmu_small_region.svs"
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from tdkstain.checkpoints import load_generator
-    from tdkstain.images import write_png
+    from tdkstain.weights import load_generator
+    from tdkstain.data.images import write_png
     from tdkstain.inference import DEFAULT_NORM, Stainer, seam_score
 
     if args.threads:

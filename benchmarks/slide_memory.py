@@ -66,7 +66,7 @@ from pathlib import Path
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])
 from tdkstain.inference import Stainer
-from tdkstain.networks import ResnetGenerator
+from tdkstain.models.tdkstain import ResnetGenerator
 from tdkstain.slides import SlideOptions, stain_slide
 
 def rss_mib():

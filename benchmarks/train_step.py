@@ -19,7 +19,7 @@ timed steps. Two ratios:
 made only of its dominant layers would reach). Each case runs in its own
 process so that its peak memory is its own: peak RSS on CPU,
 ``torch.cuda.max_memory_allocated`` on CUDA. On CPU the step runs with
-``tdkstain.allocator.keep_freed_memory`` as ``tdkstain train`` does
+``tdkstain.plumbing.allocator.keep_freed_memory`` as ``tdkstain train`` does
 (``--allocator default`` to compare).
 
     python benchmarks/train_step.py                          # CPU: 256 and 512, batch 1 and 4, fp32 and bf16
@@ -46,9 +46,9 @@ def run_case(device: str, crop: int, batch_size: int, precision: str, channels_l
     from torch.utils.flop_counter import FlopCounterMode
 
     from _limits import ConvShape, conv_rates, mixed_rate
-    from tdkstain.allocator import keep_freed_memory
-    from tdkstain.config import load_config
-    from tdkstain.objective import Runtime, create_objective
+    from tdkstain.plumbing.allocator import keep_freed_memory
+    from tdkstain.training.config import load_config
+    from tdkstain.methods import Runtime, create_method
 
     if threads:
         torch.set_num_threads(threads)
@@ -64,7 +64,7 @@ def run_case(device: str, crop: int, batch_size: int, precision: str, channels_l
     limits_before = measure_limits()
 
     cfg = load_config("tdkstain-paper")
-    objective = create_objective(cfg, steps_per_epoch=1000)
+    objective = create_method(cfg, steps_per_epoch=1000)
     nets = objective.build_networks(0)
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     for net in nets.values():
@@ -139,7 +139,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="the smallest crop, batch 1, fewer timed steps")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--allocator", choices=["keep", "default"], default="keep",
-                        help="keep: tdkstain.allocator.keep_freed_memory() as tdkstain train does on CPU (default); "
+                        help="keep: tdkstain.plumbing.allocator.keep_freed_memory() as tdkstain train does on CPU (default); "
                              "default: glibc as it comes")
     parser.add_argument("--memory-only", action="store_true",
                         help="no FLOP count, no limits, no warm-up: one step per case, for its peak memory (e.g. --crops 1024)")

@@ -67,8 +67,8 @@ def main() -> None:
     with atheris.instrument_imports():
         import numpy as np
 
-        from tdkstain.errors import TdkstainError
-        from tdkstain.images import read_rgb
+        from tdkstain.plumbing.errors import TdkstainError
+        from tdkstain.data.images import read_rgb
 
     logging.disable(logging.CRITICAL)  # tifffile logs every broken tag
     warnings.simplefilter("ignore")

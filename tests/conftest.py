@@ -90,7 +90,7 @@ def make_dataset(root: Path, n_train: int = 4, n_test: int = 2, size: int = 48, 
 
 def tiny(root: Path, *overrides: str):
     """A tiny TDKstain config (``TINY``) training on ``root``, plus ``overrides``."""
-    from tdkstain.config import build_config
+    from tdkstain.training.config import build_config
 
     return build_config({}, [*TINY, f"data.root={root}", *overrides])
 

@@ -1,4 +1,4 @@
-"""tdkstain.allocator: freed memory stays mapped for reuse once keep_freed_memory() ran (glibc)."""
+"""tdkstain.plumbing.allocator: freed memory stays mapped for reuse once keep_freed_memory() ran (glibc)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 _PROBE = """
 import os, sys
 import numpy as np
-from tdkstain.allocator import keep_freed_memory
+from tdkstain.plumbing.allocator import keep_freed_memory
 
 def rss_mib():
     with open("/proc/self/statm") as f:

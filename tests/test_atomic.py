@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tdkstain.atomic import atomic_path, write_text_atomic
+from tdkstain.plumbing.atomic import atomic_path, write_text_atomic
 
 
 def test_atomic_write_replaces_only_on_success(tmp_path):

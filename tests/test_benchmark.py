@@ -11,10 +11,14 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from tdkstain.benchmark import METHOD_PRESETS, parse_method_list, split_overrides, translate_tile
+from tdkstain.workflows.table1 import parse_method_list, split_overrides, translate_tile
+
+# The paper's Table 1, in its order (baselines, ablations, TDKstain).
+TABLE1 = ["cyclegan", "pix2pix", "pix2pixhd", "pyramidpix2pix", "asp",
+          "tdkstain-no-both", "tdkstain-no-membrane", "tdkstain-no-nuclei", "tdkstain"]
 from tdkstain.cli import main
-from tdkstain.errors import TdkstainError
-from tdkstain.images import read_rgb
+from tdkstain.plumbing.errors import TdkstainError
+from tdkstain.data.images import read_rgb
 
 # pix2pixHD trains without its VGG term here (no ImageNet weights on test machines) and says so.
 pytestmark = pytest.mark.filterwarnings("ignore:pix2pixHD. VGG19 weights")
@@ -23,13 +27,13 @@ TINY = [
     "model.ngf=4", "model.ndf=4", "model.nef=4", "model.estimator_blocks=1", "model.n_blocks=1", "data.crop=64",
     "data.batch=2", "data.val_pairs=2", "data.workers=0", "train.device=cpu", "train.threads=1",
     "train.deterministic=true", "train.tensorboard=false", "train.checkpoint_every=1",
-    "pix2pix:model.n_downsampling=6", "pix2pixhd:model.n_downsampling=2", "cyclegan:baseline.pool_size=2",
-    "asp:baseline.nce_patches=16", "asp:baseline.nce_dim=8", "asp:model.n_layers_d=3",
-] + [f"{m}:model.num_d=2" for m in METHOD_PRESETS if m.startswith("tdkstain")]
+    "pix2pix:model.n_downsampling=6", "pix2pixhd:model.n_downsampling=2", "cyclegan:options.pool_size=2",
+    "asp:options.nce_patches=16", "asp:options.nce_dim=8", "asp:model.n_layers_d=3",
+] + [f"{m}:model.num_d=2" for m in TABLE1 if m.startswith("tdkstain")]
 
 
 def test_method_list_and_overrides():
-    assert [n for n, _ in parse_method_list("all")] == list(METHOD_PRESETS)
+    assert [n for n, _ in parse_method_list("all")] == TABLE1
     assert parse_method_list("tdkstain, mine=my.yaml") == [("tdkstain", "tdkstain-paper"), ("mine", "my.yaml")]
     with pytest.raises(TdkstainError, match="unknown method"):
         parse_method_list("pix2pxi")
@@ -43,7 +47,7 @@ def test_method_list_and_overrides():
 
 
 def test_translate_tile_pads_to_the_generator_multiple():
-    from tdkstain.methods.blocks import UnetGenerator
+    from tdkstain.models.pix2pix import UnetGenerator
 
     torch.manual_seed(0)
     g = UnetGenerator(3, 3, num_downs=5, ngf=2, norm="instance", dropout=False).eval()
@@ -54,7 +58,7 @@ def test_translate_tile_pads_to_the_generator_multiple():
 
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory) -> Path:
-    from tdkstain.extraction import extract_dataset
+    from tdkstain.knowledge.extraction import extract_dataset
     from tdkstain.synth import write_dataset
 
     root = tmp_path_factory.mktemp("bench") / "data"
@@ -75,9 +79,9 @@ def test_benchmark_end_to_end_and_resumable(synth_data, tmp_path, capsys):
         assert f"| {name} |" in printed
 
     metrics = json.loads((out / "report" / "metrics.json").read_text())
-    assert list(metrics["methods"]) == list(METHOD_PRESETS)
+    assert list(metrics["methods"]) == TABLE1
     rows = list(csv.DictReader((out / "table.csv").open()))
-    assert [r["method"] for r in rows] == list(METHOD_PRESETS)
+    assert [r["method"] for r in rows] == TABLE1
     test_stems = sorted(p.stem for p in (synth_data / "test_IHC").glob("*.png"))
     assert metrics["tiles"] == len(test_stems) == 2
     for row in rows:

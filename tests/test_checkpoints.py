@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tdkstain.checkpoints import (
+from tdkstain.weights import (
     find_generator_weights,
     load_generator,
     load_generator_with_card,
@@ -22,8 +22,9 @@ from tdkstain.checkpoints import (
     save_weights,
 )
 from tdkstain.cli import import_checkpoint
-from tdkstain.errors import TdkstainError
-from tdkstain.networks import MultiscaleDiscriminator, NucleiDensityEstimator, ResnetGenerator, init_weights
+from tdkstain.plumbing.errors import TdkstainError
+from tdkstain.models.tdkstain import MultiscaleDiscriminator, NucleiDensityEstimator, ResnetGenerator
+from tdkstain.models.layers import init_weights
 from conftest import OFFICIAL
 
 OFFICIAL_G = OFFICIAL / "official_G_ngf8.pth"

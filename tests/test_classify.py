@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tdkstain.classify import (
+from tdkstain.evaluation.classifier import (
     CLASSES,
     TrainSettings,
     classification_scores,
@@ -19,8 +19,8 @@ from tdkstain.classify import (
     load_imagenet,
 )
 from tdkstain.cli import build_parser, main
-from tdkstain.errors import TdkstainError
-from tdkstain.images import write_png
+from tdkstain.plumbing.errors import TdkstainError
+from tdkstain.data.images import write_png
 from tdkstain.synth import her2_label, render_pair
 
 

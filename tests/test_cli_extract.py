@@ -12,7 +12,7 @@ import pytest
 from tdkstain.cli import main
 
 synth = pytest.importorskip("tdkstain.synth")
-knowledge = pytest.importorskip("tdkstain.knowledge")
+knowledge = pytest.importorskip("tdkstain.knowledge.maps")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_extract_evaluate_and_overlays(data, capsys):
     assert len(table) == 1
     f1 = float(table[0].split("|")[3])
     # The printed F1 is the evaluation's own number (to its printed precision), and a good one on clean tiles.
-    from tdkstain import extraction
+    from tdkstain.knowledge import extraction
 
     assert f1 == pytest.approx(extraction.evaluate_against_truth(data).row("all")["nuclei_f1"], abs=0.006)
     assert f1 >= 0.8
@@ -75,7 +75,7 @@ def test_rerun_with_other_options_is_refused_until_forced(data, capsys):
     record = json.loads((data / "extraction.json").read_text())
     assert record["params"]["membrane"]["blur"] is False
     mask = next(data.glob("train_IHC_dab_mask/*.png"))
-    from tdkstain.images import read_gray
+    from tdkstain.data.images import read_gray
 
     assert set(read_gray(mask).ravel().tolist()) <= {0, 255}  # unblurred: binary
 

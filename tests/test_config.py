@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tdkstain.config import Config, build_config, load_config, parse_override, preset_names, read_run_config
-from tdkstain.errors import TdkstainError
+from tdkstain.training.config import Config, build_config, load_config, parse_override, preset_names, read_run_config
+from tdkstain.plumbing.errors import TdkstainError
 
 
 def test_presets_load_and_paper_preset_is_the_paper():
@@ -75,3 +75,26 @@ def test_yaml_file_errors_name_the_file(tmp_path):
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(TdkstainError, match="bad.yaml: a config is a mapping"):
         load_config(str(bad))
+
+
+def test_a_baseline_section_of_older_configs_is_read_as_the_methods_options(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("method: pix2pix\nbaseline:\n  norm: batch\n  dropout: true\n  nce: 3\n")
+    with pytest.warns(UserWarning, match=r"'baseline:' is now 'options:'.*read dropout, norm.*left out nce"):
+        cfg = load_config(old)
+    assert (cfg.options.norm, cfg.options.dropout) == ("batch", True)
+    # An explicit options value wins over the old section's.
+    with pytest.warns(UserWarning):
+        cfg = load_config(old, ["options.norm=instance"])
+    assert cfg.options.norm == "instance"
+    # Written back, the config has no baseline section any more.
+    assert "baseline" not in cfg.to_dict() and cfg.to_dict()["options"] == {"norm": "instance", "dropout": True,
+                                                                            "spectral_norm": False}
+
+
+def test_each_method_checks_only_its_own_options():
+    assert load_config("asp").options.nce_layers == [0, 4, 8, 12, 16]
+    with pytest.raises(TdkstainError, match=r"options.nce_layers: unknown key .*method pix2pix's options: norm, dropout"):
+        load_config("pix2pix", ["options.nce_layers=[1]"])
+    with pytest.raises(TdkstainError, match=r"options.norm: Input should be 'instance' or 'batch'"):
+        load_config("cyclegan", ["options.norm=group"])

@@ -12,8 +12,8 @@ from urllib.parse import unquote
 import pytest
 
 from tdkstain.cli import main as tdkstain
-from tdkstain.demo_report import beats_baselines, tile_scores
-from tdkstain.images import write_png
+from tdkstain.workflows.demo_report import beats_baselines, tile_scores
+from tdkstain.data.images import write_png
 
 # The Chromium probe of the evaluation report's test: same flags, same load-time image check.
 from conftest import CHROMIUM_FLAGS, PROBE, chromium
@@ -109,7 +109,7 @@ def test_demo_rerun_skips_finished_steps_and_refuses_other_settings(demo):
     import contextlib
     import io
 
-    from tdkstain.errors import TdkstainError
+    from tdkstain.plumbing.errors import TdkstainError
 
     weights = out / "run" / "weights" / "generator.safetensors"
     before = weights.stat().st_mtime_ns
@@ -158,7 +158,7 @@ def test_tile_scores_match_scikit_image(tmp_path):
 
 
 def test_reading_names_the_metrics_a_baseline_wins():
-    from tdkstain.demo_report import _reading
+    from tdkstain.workflows.demo_report import _reading
 
     def method(ssim, fid, nuclei, membrane):
         return {"ssim": {"mean": ssim}, "fid": {"value": fid},

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tdkstain.devices import resolve_device
-from tdkstain.errors import TdkstainError
+from tdkstain.plumbing.devices import resolve_device
+from tdkstain.plumbing.errors import TdkstainError
 
 
 def test_auto_picks_cuda_only_when_present():

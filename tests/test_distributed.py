@@ -10,14 +10,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tdkstain import distributed
+from tdkstain.plumbing import distributed
 from conftest import TINY, biases_before_instance_norm, make_dataset
 
 STEPS = 3
 
 
 def _config(root: Path, batch: int):
-    from tdkstain.config import build_config
+    from tdkstain.training.config import build_config
 
     return build_config({}, [*TINY, f"data.root={root}", f"data.batch={batch}", f"train.max_steps={STEPS}", "data.val_pairs=1"])
 
@@ -70,9 +70,9 @@ def test_two_gloo_processes_match_one_process_on_the_global_batch(tmp_path):
         generator.load_state_dict({k[len("generator."):]: v for k, v in rank0.items() if k.startswith("generator.")})
         torch.testing.assert_close(generator(x), y_single, rtol=1e-4, atol=1e-4)
     # Training moved the weights, so the comparison means something.
-    from tdkstain.objective import TdkstainObjective
+    from tdkstain.methods.tdkstain import TDKstain
 
-    initial = TdkstainObjective(_config(root, 1), 1).build_networks(0)["generator"].state_dict()["model.1.weight"]
+    initial = TDKstain(_config(root, 1), 1).build_networks(0)["generator"].state_dict()["model.1.weight"]
     assert (rank0["generator.model.1.weight"] - initial).abs().max() > 1e-4
     last = torch.load(sorted((tmp_path / "run" / "checkpoints").glob("*.pt"))[-1], weights_only=True)
     assert last["step"] == STEPS and last["images"] == single.images == 2 * STEPS

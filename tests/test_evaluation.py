@@ -14,7 +14,7 @@ from skimage import color
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from tdkstain.cli import main
-from tdkstain.errors import TdkstainError
+from tdkstain.plumbing.errors import TdkstainError
 from tdkstain.evaluation.analyses import (
     MEMBRANE_THRESHOLDS,
     aggregate,
@@ -23,8 +23,8 @@ from tdkstain.evaluation.analyses import (
     remove_dab,
 )
 from tdkstain.evaluation.pairing import pair_by_stem, read_labels_csv
-from tdkstain.images import read_rgb, write_png
-from tdkstain.stain import release_membrane_mask
+from tdkstain.data.images import read_rgb, write_png
+from tdkstain.knowledge.stain import release_membrane_mask
 from tdkstain.synth import her2_label, render_pair
 
 # --------------------------------------------------------------------------- pairing
@@ -232,7 +232,7 @@ def test_evaluate_refuses_tiles_of_another_size(tmp_path):
 @pytest.mark.slow
 def test_evaluate_reports_fid_and_kid_when_the_inception_network_is_available(synth_eval):
     """FID/KID through the CLI (the Inception network runs on CPU here: ~1 s per tile)."""
-    from tdkstain.metrics.weights import MetricUnavailable, find_weights
+    from tdkstain.weights.files import MetricUnavailable, find_weights
 
     try:
         find_weights("inception")
@@ -300,7 +300,7 @@ def test_perceptual_metrics_are_batched_mapped_to_their_tiles_and_flagged_non_ca
 def test_analyses_use_the_datasets_extraction_settings_and_labels_csv(tmp_path):
     """extraction.json beside the real tiles (release layout ROOT/test_IHC) sets the training mask; --labels groups."""
     from tdkstain.evaluation import EvaluationOptions, evaluate
-    from tdkstain.knowledge import ExtractionParams, MembraneParams
+    from tdkstain.knowledge.maps import ExtractionParams, MembraneParams
 
     real, fake = tmp_path / "data" / "test_IHC", tmp_path / "fake"
     for i in range(2):

@@ -1,4 +1,4 @@
-"""Dataset knowledge extraction (tdkstain.extraction) and its overlay pictures (tdkstain.overlays)."""
+"""Dataset knowledge extraction (tdkstain.knowledge.extraction) and its overlay pictures (tdkstain.knowledge.overlays)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,7 @@ import numpy as np
 import pytest
 from skimage.morphology import erosion, footprint_rectangle
 
-from tdkstain.overlays import (
-    MEMBRANE_COLOUR,
-    NUCLEUS_COLOUR,
-    mask_contour,
-    membrane_nuclei_overlay,
-    montage,
-)
+from tdkstain.knowledge.overlays import MEMBRANE_COLOUR, NUCLEUS_COLOUR, mask_contour, membrane_nuclei_overlay, montage
 
 
 def test_mask_contour_matches_scikit_image_erosion():
@@ -71,12 +65,12 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
 
-from tdkstain import extraction
-from tdkstain.errors import TdkstainError
+from tdkstain.knowledge import extraction
+from tdkstain.plumbing.errors import TdkstainError
 
 synth = pytest.importorskip("tdkstain.synth")
-knowledge = pytest.importorskip("tdkstain.knowledge")
-pairs_module = pytest.importorskip("tdkstain.pairs")
+knowledge = pytest.importorskip("tdkstain.knowledge.maps")
+pairs_module = pytest.importorskip("tdkstain.data.pairs")
 
 
 def _outputs(root: Path) -> dict[str, bytes]:
@@ -177,7 +171,7 @@ def test_extraction_writes_every_output_under_release_names(extracted):
 
 
 def images_module():
-    from tdkstain import images
+    from tdkstain.data import images
 
     return images
 
@@ -479,7 +473,7 @@ def test_real_ihc_through_a_manifest_matches_the_release_fixture(fixtures_dir, t
 
 
 def test_report_extremes_show_each_tile_once_with_all_reasons():
-    from tdkstain.extraction.report import _extremes
+    from tdkstain.knowledge.extraction.report import _extremes
 
     tiles = [extraction.TileResult("train", f"t{i}", "0", "x.png", "extracted", stained_fraction=f, nuclei_count=n)
              for i, (f, n) in enumerate([(0.9, 5), (0.1, 50), (0.5, 20), (0.4, 21)])]

@@ -1,4 +1,4 @@
-"""The torch extraction engine (tdkstain.extraction.fast) against the numpy/scikit-image path it replaces.
+"""The torch extraction engine (tdkstain.knowledge.extraction.fast) against the numpy/scikit-image path it replaces.
 
 Every comparison is exact (``np.array_equal``, float maps included): the
 engine promises the same files on disk, not close ones.
@@ -13,16 +13,18 @@ import pytest
 from scipy import ndimage
 from skimage.morphology import h_maxima
 
-from tdkstain import knowledge, nuclei, stain
-from tdkstain.errors import TdkstainError
-from tdkstain.extraction.fast import (
+from tdkstain.knowledge import maps as knowledge
+from tdkstain.knowledge import nuclei
+from tdkstain.knowledge import stain
+from tdkstain.plumbing.errors import TdkstainError
+from tdkstain.knowledge.extraction.fast import (
     StageTimer,
     extract_tiles,
     extract_tiles_torch,
     h_maxima_torch,
     release_blur_torch_exact,
 )
-from tdkstain.knowledge import ExtractionParams
+from tdkstain.knowledge.maps import ExtractionParams
 from tdkstain.synth.tissue import FAILURES, render_pair
 
 FIELDS = ("dab_rgb", "membrane_mask", "nuclei_mask", "centroids", "density")
@@ -121,7 +123,7 @@ def test_release_blur_torch_is_bit_identical():
 
 
 def test_density_map_skipping_empty_lines_is_bit_identical():
-    from tdkstain.extraction.fast import _density_map
+    from tdkstain.knowledge.extraction.fast import _density_map
 
     rng = np.random.default_rng(2)
     centroids = np.concatenate(
@@ -141,7 +143,7 @@ def test_density_map_skipping_empty_lines_is_bit_identical():
 
 
 def test_per_value_tables_give_the_numpy_path_bit_for_bit():
-    from tdkstain.extraction import fast
+    from tdkstain.knowledge.extraction import fast
 
     rng = np.random.default_rng(8)
     # Every uint8 value in every channel, at every offset modulo 16 (SIMD lanes), plus noise.
@@ -201,7 +203,7 @@ def test_engine_equals_extract_tile_with_other_settings():
 
 
 def test_engine_equals_extract_tile_on_a_real_ihc_image(fixtures_dir):
-    from tdkstain.images import read_rgb
+    from tdkstain.data.images import read_rgb
 
     ihc = read_rgb(fixtures_dir / "data" / "ihc_skimage_colon.png")
     for params in (params_for("adaptive"), params_for("release")):

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from tdkstain.errors import TdkstainError
-from tdkstain.images import (
+from tdkstain.plumbing.errors import TdkstainError
+from tdkstain.data.images import (
     ImageConversionWarning,
     image_size,
     read_float_map,

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from tdkstain.errors import TdkstainError
+from tdkstain.plumbing.errors import TdkstainError
 from tdkstain.inference import (
     Blender,
     NormStats,
@@ -27,7 +27,8 @@ from tdkstain.inference import (
     neighbourhood_stats,
     seam_score,
 )
-from tdkstain.networks import ResnetGenerator, init_weights
+from tdkstain.models.tdkstain import ResnetGenerator
+from tdkstain.models.layers import init_weights
 
 
 def tiny_generator(seed: int = 0, **kwargs) -> ResnetGenerator:
@@ -238,8 +239,8 @@ def test_global_statistics_of_the_whole_image_make_tiles_equal_whole_image_infer
 
 
 def test_consistent_modes_are_closer_to_whole_image_than_per_tile_norm(fixtures_dir):
-    from tdkstain.checkpoints import load_generator
-    from tdkstain.images import read_rgb
+    from tdkstain.weights import load_generator
+    from tdkstain.data.images import read_rgb
 
     g = load_generator(fixtures_dir / "official" / "official_G_ngf8.pth")
     he = read_rgb(fixtures_dir / "data" / "he_tiatoolbox_target.png")[:256, :256]
@@ -251,8 +252,8 @@ def test_consistent_modes_are_closer_to_whole_image_than_per_tile_norm(fixtures_
 
 
 def test_sequential_statistics_over_tile_cores_equal_whole_image_statistics(fixtures_dir):
-    from tdkstain.checkpoints import load_generator
-    from tdkstain.images import read_rgb
+    from tdkstain.weights import load_generator
+    from tdkstain.data.images import read_rgb
 
     g = load_generator(fixtures_dir / "official" / "official_G_ngf8.pth")
     he = read_rgb(fixtures_dir / "data" / "he_tiatoolbox_target.png")[:256, :256]
@@ -278,8 +279,8 @@ def test_sequential_statistics_over_tile_cores_equal_whole_image_statistics(fixt
 
 
 def test_default_global_mode_matches_whole_image_inference_on_real_he(fixtures_dir):
-    from tdkstain.checkpoints import load_generator
-    from tdkstain.images import read_rgb
+    from tdkstain.weights import load_generator
+    from tdkstain.data.images import read_rgb
 
     g = load_generator(fixtures_dir / "official" / "official_G_ngf8.pth")
     he = read_rgb(fixtures_dir / "data" / "he_tiatoolbox_target.png")[:256, :256]
@@ -297,8 +298,8 @@ def test_default_global_mode_matches_whole_image_inference_on_real_he(fixtures_d
 
 
 def test_a_second_statistics_pass_brings_the_second_layer_closer_to_whole_image_statistics(fixtures_dir):
-    from tdkstain.checkpoints import load_generator
-    from tdkstain.images import read_rgb
+    from tdkstain.weights import load_generator
+    from tdkstain.data.images import read_rgb
 
     g = load_generator(fixtures_dir / "official" / "official_G_ngf8.pth")
     he = read_rgb(fixtures_dir / "data" / "he_tiatoolbox_target.png")[:256, :256]
@@ -331,8 +332,8 @@ def test_any_size_gives_the_same_size(shape):
 
 
 def test_small_image_is_stained_whole_like_the_release(fixtures_dir):
-    from tdkstain.checkpoints import load_generator
-    from tdkstain.images import read_rgb
+    from tdkstain.weights import load_generator
+    from tdkstain.data.images import read_rgb
 
     official = fixtures_dir / "official"
     g = load_generator(official / "official_G_ngf8.pth")
@@ -391,8 +392,8 @@ def test_seam_score_is_high_for_a_visible_border_and_about_one_without():
 
 
 def test_default_mode_has_fewer_seams_than_naive_tiling_on_real_he(fixtures_dir):
-    from tdkstain.checkpoints import load_generator
-    from tdkstain.images import read_rgb
+    from tdkstain.weights import load_generator
+    from tdkstain.data.images import read_rgb
 
     g = load_generator(fixtures_dir / "official" / "official_G_ngf8.pth")
     he = read_rgb(fixtures_dir / "data" / "he_tiatoolbox_target.png")[:256, :256]

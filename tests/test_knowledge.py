@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from tdkstain import knowledge, stain
-from tdkstain.errors import TdkstainError
-from tdkstain.knowledge import ExtractionParams, MembraneParams
+from tdkstain.knowledge import maps as knowledge
+from tdkstain.knowledge import stain
+from tdkstain.plumbing.errors import TdkstainError
+from tdkstain.knowledge.maps import ExtractionParams, MembraneParams
 from conftest import DATA, OFFICIAL
 
 FIXTURE = OFFICIAL / "official_dab_skimage_ihc.npz"

@@ -1,8 +1,14 @@
-"""Dependencies point one way (docs/ARCHITECTURE.md). Checked on the source, not by convention."""
+"""Dependencies point one way (docs/ARCHITECTURE.md), checked on what importing really loads.
+
+Each package is imported in a fresh interpreter and ``sys.modules`` is read
+afterwards, so an indirect import (A imports B, which imports C) counts as
+much as a direct one.
+"""
 
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,86 +17,84 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "tdkstain"
 
-# module -> modules of ours it must never import (directly)
-FORBIDDEN = {
-    "networks": {"*"},
-    "devices": {"networks", "objective", "training", "data", "methods", "metrics", "inference"},
-    "stain": {"*"},
-    "knowledge": {"networks", "objective", "training", "data", "distributed"},
-    "nuclei": {"networks", "objective", "training", "data", "distributed"},
-    "extraction": {"networks", "objective", "training", "data", "distributed"},
-    "synth": {"networks", "objective", "training", "data", "distributed"},
-    "metrics": {"networks", "objective", "training", "data", "distributed", "methods", "evaluation"},
-    "evaluation": {"objective", "training", "data", "distributed", "methods"},
-    "slides": {"objective", "training", "data", "distributed", "methods", "evaluation"},
+# package -> the packages of ours that importing it may load (besides itself and tdkstain/__init__).
+# Read top to bottom: each layer may use the layers above it, never those below.
+ALLOWED: dict[str, set[str]] = {
+    "plumbing": set(),
+    "models": {"plumbing"},
+    "data": {"plumbing"},
+    "knowledge": {"plumbing", "data"},
+    "weights": {"plumbing", "models"},
+    "inference": {"plumbing", "models", "weights", "data"},
+    "slides": {"plumbing", "models", "weights", "data", "inference"},
+    "metrics": {"plumbing", "data", "weights"},
+    "synth": {"plumbing", "data", "knowledge"},
+    "methods": {"plumbing", "models", "weights"},
+    "evaluation": {"plumbing", "data", "knowledge", "metrics", "weights", "models", "inference"},
+    "training": {"plumbing", "data", "models", "weights", "methods", "evaluation", "knowledge", "metrics", "inference"},
 }
+# What "training code" means for the inference packages: no method, optimiser step, config or trainer,
+# and not the config library.
+TRAINING_CODE = ("tdkstain.methods", "tdkstain.training", "tdkstain.workflows", "pydantic")
 
-# module -> the only modules of ours it may import: inference needs networks and checkpoints alone.
-ALLOWED_ONLY = {
-    "inference": {"networks", "checkpoints", "errors", "atomic", "images", "devices"},
-}
-
-
-def our_imports(path: Path) -> set[str]:
-    """Names of tdkstain modules imported anywhere in ``path`` (top-level name after ``tdkstain.``)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level > 0:
-            names = [f"tdkstain.{node.module or ''}"]
-        else:
-            continue
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "tdkstain" and len(parts) > 1 and parts[1]:
-                found.add(parts[1])
-    return found
+_PROBE = """
+import importlib, json, sys
+importlib.import_module(sys.argv[1])
+print(json.dumps(sorted(sys.modules)))
+"""
 
 
-def test_our_imports_parser_sees_both_forms(tmp_path):
-    src = tmp_path / "m.py"
-    src.write_text("import tdkstain.stain\nfrom tdkstain import networks\nfrom tdkstain.errors import X\n")
-    assert our_imports(src) == {"stain", "networks", "errors"}
+def loaded_by(module: str) -> list[str]:
+    """Every module in ``sys.modules`` after ``import module`` in a fresh interpreter."""
+    out = subprocess.run([sys.executable, "-c", _PROBE, module], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
 
 
-@pytest.mark.parametrize("module", sorted(FORBIDDEN))
-def test_module_respects_layering(module):
-    path = PACKAGE / f"{module}.py"
-    if (PACKAGE / module).is_dir():  # a subpackage: every file in it obeys the module's rule
-        files = sorted((PACKAGE / module).rglob("*.py"))
-    elif path.exists():
-        files = [path]
-    else:
-        pytest.skip(f"{module}.py not present")
-    imported = set().union(*(our_imports(f) for f in files)) - {module}
-    forbidden = FORBIDDEN[module]
-    if "*" in forbidden:
-        assert not imported, f"{module} must import nothing of ours, imports {sorted(imported)}"
-    else:
-        assert not imported & forbidden, f"{module} imports {sorted(imported & forbidden)}"
+def packages_of_ours(modules: list[str]) -> set[str]:
+    return {m.split(".")[1] for m in modules if m.startswith("tdkstain.") and len(m.split(".")) > 1}
 
 
-@pytest.mark.parametrize("module", sorted(ALLOWED_ONLY))
-def test_module_imports_only_what_it_needs(module):
-    files = sorted((PACKAGE / module).rglob("*.py")) if (PACKAGE / module).is_dir() else [PACKAGE / f"{module}.py"]
-    files = [f for f in files if f.exists()]
-    if not files:
-        pytest.skip(f"{module} not present")
-    imported = set().union(*(our_imports(f) for f in files)) - {module}
-    assert imported <= ALLOWED_ONLY[module], f"{module} imports {sorted(imported - ALLOWED_ONLY[module])}"
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_package_loads_only_the_layers_above_it(package):
+    loaded = packages_of_ours(loaded_by(f"tdkstain.{package}")) - {package}
+    extra = loaded - ALLOWED[package]
+    assert not extra, f"importing tdkstain.{package} loads tdkstain.{', tdkstain.'.join(sorted(extra))}"
 
 
-def test_nothing_imports_the_cli():
-    offenders = [
-        p.name
-        for p in PACKAGE.rglob("*.py")
-        if "cli" not in p.relative_to(PACKAGE).parts[:1] and p.name != "__main__.py" and "cli" in our_imports(p)
-    ]
-    assert not offenders, f"modules importing tdkstain.cli: {offenders}"
+@pytest.mark.parametrize("package", ["inference", "slides", "weights", "models"])
+def test_inference_needs_only_models_and_weights(package):
+    loaded = loaded_by(f"tdkstain.{package}")
+    training = [m for m in loaded if m.startswith(TRAINING_CODE)]
+    assert not training, f"importing tdkstain.{package} loads training code: {training[:8]}"
+
+
+def test_the_probe_sees_indirect_imports():
+    # training imports methods only through its config; the probe must still see it.
+    assert "tdkstain.methods.base" in loaded_by("tdkstain.training.config")
+
+
+def test_every_package_is_classified():
+    packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()} - {"cli", "workflows", "configs", "examples"}
+    assert packages <= set(ALLOWED), f"add {sorted(packages - set(ALLOWED))} to ALLOWED with the layers it may use"
+
+
+def test_nothing_imports_the_cli_or_the_workflows():
+    """Only the command line imports tdkstain.workflows; nothing imports tdkstain.cli."""
+    for path in PACKAGE.rglob("*.py"):
+        top = path.relative_to(PACKAGE).parts[0]
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                if name.startswith("tdkstain.cli") and top not in ("cli", "workflows", "__main__.py"):
+                    pytest.fail(f"{path.relative_to(PACKAGE)} imports {name}")
+                if name.startswith("tdkstain.workflows") and top not in ("cli", "workflows"):
+                    pytest.fail(f"{path.relative_to(PACKAGE)} imports {name}")
 
 
 def test_cli_modules_import_only_stdlib_at_module_level():
@@ -103,7 +107,7 @@ def test_cli_modules_import_only_stdlib_at_module_level():
                 roots = {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 roots = {node.module.split(".")[0]}
-                if node.module in {"tdkstain", "tdkstain.errors"}:
+                if node.module in {"tdkstain", "tdkstain.plumbing.errors"}:
                     continue  # the version string and the error type are light
             else:
                 continue

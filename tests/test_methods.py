@@ -10,20 +10,16 @@ import pytest
 import torch
 from scipy import ndimage
 
-from tdkstain.config import PRESET_DIR, load_config
+from tdkstain.training.config import PRESET_DIR, load_config
 from tdkstain.methods import losses
-from tdkstain.methods.blocks import (
-    ImagePool,
-    PatchDiscriminator,
-    PatchSampleMLP,
-    Pix2pixResnetGenerator,
-    UnetGenerator,
-    VGG19Features,
-    sequential_features,
-)
+from tdkstain.methods.cyclegan import ImagePool
+from tdkstain.models.pix2pix import PatchDiscriminator, Pix2pixResnetGenerator, UnetGenerator
+from tdkstain.models.cut import PatchSampleMLP
+from tdkstain.models.vgg import VGG19Features
+from tdkstain.models.layers import sequential_features
 from tdkstain.methods.cyclegan import cycle_terms
-from tdkstain.networks import ResnetGenerator
-from tdkstain.objective import create_objective
+from tdkstain.models.tdkstain import ResnetGenerator
+from tdkstain.methods import create_method
 
 PRESETS = ["pix2pix", "pyramidpix2pix", "pix2pixhd", "cyclegan", "asp",
            "tdkstain-no-nuclei", "tdkstain-no-membrane", "tdkstain-no-both"]
@@ -42,7 +38,7 @@ def test_preset_builds_with_the_parameter_count_its_comments_state(preset):
     cfg = load_config(preset)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pix2pixHD without VGG19 weights
-        objective = create_objective(cfg, 1)
+        objective = create_method(cfg, 1)
     # Meta tensors: the paper-width networks (pix2pixHD's G has 182 M parameters) cost no memory.
     with torch.device("meta"):
         nets = objective.build_networks(0)
@@ -260,36 +256,41 @@ def test_cycle_and_identity_against_float64_formula():
 
 
 def test_pix2pix_refuses_a_crop_the_unet_cannot_take():
-    from tdkstain.errors import TdkstainError
+    from tdkstain.plumbing.errors import TdkstainError
 
     cfg = load_config("pix2pix", ["data.crop=128"])
     with pytest.raises(TdkstainError, match="n_downsampling=7"):
-        create_objective(cfg, 1)
+        create_method(cfg, 1)
 
 
 def test_pix2pixhd_warns_without_vgg19_and_uses_it_when_given(monkeypatch, tmp_path):
-    from tdkstain.errors import TdkstainError
+    from tdkstain.plumbing.errors import TdkstainError
     from tdkstain.methods import pix2pixhd
-    from tdkstain.objective import Runtime
+    from tdkstain.methods import Runtime
 
     overrides = ["model.ngf=4", "model.ndf=4", "model.n_blocks=1", "model.n_downsampling=2", "data.crop=32"]
-    monkeypatch.setattr(pix2pixhd, "find_vgg19", lambda explicit: None)
-    with pytest.warns(UserWarning, match="WITHOUT the VGG perceptual loss"):
-        objective = create_objective(load_config("pix2pixhd", overrides), 1)
+    monkeypatch.setenv("TDKSTAIN_WEIGHTS", str(tmp_path / "empty"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.warns(UserWarning, match=r"vgg19-dcbb9e9d.pth .* not found; looked in: .*WITHOUT the VGG perceptual loss"):
+        objective = create_method(load_config("pix2pixhd", overrides), 1)
     assert objective.vgg is None
 
-    # A file that is not torchvision's VGG19 is refused by its digest.
+    # A file that is not torchvision's VGG19 is refused by its digest; a missing one named.
     bogus = tmp_path / "vgg19-dcbb9e9d.pth"
     torch.save(VGG19Features().state_dict(), bogus)
-    monkeypatch.undo()
-    with pytest.raises(TdkstainError, match="dcbb9e9d"):
-        create_objective(load_config("pix2pixhd", overrides + [f"baseline.vgg19_weights={tmp_path}"]), 1)
+    with pytest.raises(TdkstainError, match="not the published torchvision ImageNet VGG19.*expected dcbb9e9d"):
+        create_method(load_config("pix2pixhd", overrides + [f"options.vgg19_weights={tmp_path}"]), 1)
+    with pytest.raises(TdkstainError, match="options.vgg19_weights: .*nowhere.pth: no such file"):
+        create_method(load_config("pix2pixhd", overrides + [f"options.vgg19_weights={tmp_path / 'nowhere.pth'}"]), 1)
 
     # With a VGG19 (random stand-in weights) the generator step has the VGG and feature-matching terms.
     torch.manual_seed(0)
-    monkeypatch.setattr(pix2pixhd, "find_vgg19", lambda explicit: bogus)
+    from tdkstain.weights.files import KNOWN_WEIGHTS, WeightFile
+
+    monkeypatch.setattr(pix2pixhd, "find_weights", lambda name, explicit: WeightFile(bogus, "x", False, KNOWN_WEIGHTS[name]))
     monkeypatch.setattr(pix2pixhd, "load_vgg19", lambda path: VGG19Features())
-    objective = create_objective(load_config("pix2pixhd", overrides), 1)
+    objective = create_method(load_config("pix2pixhd", overrides), 1)
     nets = objective.build_networks(0)
     optimizers = {k: torch.optim.Adam(v.parameters(), lr=2e-4, betas=(0.5, 0.999)) for k, v in nets.items()}
     batch = {"he": torch.rand(1, 3, 32, 32) * 2 - 1, "ihc": torch.rand(1, 3, 32, 32) * 2 - 1}

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from tdkstain.checkpoints import load_generator_with_card, load_network
+from tdkstain.weights import load_generator_with_card, load_network
 from tdkstain.cli import main
-from tdkstain.config import load_config
-from tdkstain.errors import TdkstainError
-from tdkstain.images import read_rgb, write_png
+from tdkstain.training.config import load_config
+from tdkstain.plumbing.errors import TdkstainError
+from tdkstain.data.images import read_rgb, write_png
 from tdkstain.inference import Stainer, downsampling_factor, fit_tiling
-from tdkstain.training import check_same_architecture, checkpoint_files, load_checkpoint
+from tdkstain.training import checkpoint_files, load_checkpoint
+from tdkstain.training.config import check_same_architecture
 
 TINY = [
     "model.ngf=4", "model.ndf=4", "data.crop=64", "data.batch=2", "data.val_pairs=0", "data.workers=0",
@@ -26,7 +27,7 @@ TINY = [
 SHRINK = {
     "pix2pix": ["model.n_downsampling=6"],  # unet_64: sides must be multiples of 64
     "pyramidpix2pix": ["model.n_blocks=1"],  # batch norm + dropout ResNet, multiples of 4
-    "cyclegan": ["model.n_blocks=1", "baseline.pool_size=3"],
+    "cyclegan": ["model.n_blocks=1", "options.pool_size=3"],
 }
 
 
@@ -143,12 +144,12 @@ def unpaired(paired, tmp_path_factory) -> Path:
 
 
 def test_discover_unpaired_lists_each_side(unpaired, tmp_path):
-    from tdkstain.pairs import discover_pairs, discover_unpaired
+    from tdkstain.data.pairs import discover_pairs, discover_unpaired
 
     he, ihc = discover_unpaired(unpaired, split="train")
     assert [p.name for p in he] == [f"he_{i}.png" for i in range(5)]
     assert [p.name for p in ihc] == ["ihc_a.png", "ihc_b.png", "ihc_c.png", "ihc_d.png"]
-    with pytest.warns(UserWarning, match="baseline.unpaired=true"):
+    with pytest.warns(UserWarning, match="options.unpaired=true"):
         assert discover_pairs(unpaired, split="train") == []
     with pytest.raises(TdkstainError, match="no split 'val'"):
         discover_unpaired(unpaired, split="val")
@@ -160,7 +161,7 @@ def test_discover_unpaired_lists_each_side(unpaired, tmp_path):
 
 
 def test_unpaired_tiles_draw_ihc_independently_and_reproducibly(unpaired):
-    from tdkstain.data import UnpairedTiles, split_unpaired
+    from tdkstain.data.tiles import UnpairedTiles, split_unpaired
 
     files, val = split_unpaired(unpaired, "train", "test", 8)
     assert len(files) == 5 and len(files.ihc) == 4 and [p.stem for p in val] == sorted(p.stem for p in (unpaired / "testA").iterdir())
@@ -184,7 +185,7 @@ def test_unpaired_tiles_draw_ihc_independently_and_reproducibly(unpaired):
 
 def test_cyclegan_trains_on_unpaired_folders_and_resumes_bitwise(unpaired, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    unpaired_flag = ["baseline.unpaired=true", "data.val_pairs=2", "train.val_every=2"]
+    unpaired_flag = ["options.unpaired=true", "data.val_pairs=2", "train.val_every=2"]
     assert _train("cyclegan", unpaired, straight, 4, *unpaired_flag) == 0
     assert [p.name for p in checkpoint_files(straight)] == ["step_00000002.pt", "step_00000004.pt"]
     assert _train("cyclegan", unpaired, resumed, 2, *unpaired_flag) == 0
@@ -204,8 +205,8 @@ def test_methods_that_need_pairs_refuse_unpaired_folders(unpaired, tmp_path, cap
     with pytest.warns(UserWarning):
         assert _train("pix2pix", unpaired, tmp_path / "a", 1) == 2
     assert "no 'train' pairs found" in capsys.readouterr().err
-    assert _train("pix2pix", unpaired, tmp_path / "b", 1, "baseline.unpaired=true") == 2
-    assert "only cyclegan trains on unpaired" in capsys.readouterr().err
+    assert _train("pix2pix", unpaired, tmp_path / "b", 1, "options.unpaired=true") == 2
+    assert "options.unpaired: unknown key" in capsys.readouterr().err  # only CycleGAN has the setting
 
 
 # ----------------------------------------------------------------------------- 3. architecture check
@@ -214,18 +215,18 @@ def test_methods_that_need_pairs_refuse_unpaired_folders(unpaired, tmp_path, cap
 def test_resuming_with_other_baseline_network_settings_is_refused(paired, tmp_path, capsys):
     run = tmp_path / "run"
     assert _train("pix2pix", paired, run, 1) == 0
-    assert _train("pix2pix", paired, run, 2, "baseline.norm=instance") == 2
+    assert _train("pix2pix", paired, run, 2, "options.norm=instance") == 2
     err = capsys.readouterr().err
-    assert "holds a different architecture" in err and "baseline.norm: batch there, instance here" in err
+    assert "holds a different architecture" in err and "options.norm: batch there, instance here" in err
     assert _train("pix2pix", paired, run, 2, "loss.l1=50") == 0  # loss weights are not architecture
 
-    cyclegan = load_config("cyclegan", ["baseline.pool_size=3"])
-    check_same_architecture(cyclegan, load_config("cyclegan", ["baseline.pool_size=3", "baseline.cycle=5"]).to_dict(), "x")
-    for change, message in (("baseline.pool_size=4", "baseline.pool_size: 4 there, 3 here"),
+    cyclegan = load_config("cyclegan", ["options.pool_size=3"])
+    check_same_architecture(cyclegan, load_config("cyclegan", ["options.pool_size=3", "options.cycle=5"]).to_dict(), "x")
+    for change, message in (("options.pool_size=4", "options.pool_size: 4 there, 3 here"),
                             ("data.crop=128", "data.crop: 128 there, 1024 here"),
-                            ("baseline.unpaired=true", "baseline.unpaired: True there, False here")):
+                            ("options.unpaired=true", "options.unpaired: True there, False here")):
         with pytest.raises(TdkstainError, match=message):
-            check_same_architecture(cyclegan, load_config("cyclegan", ["baseline.pool_size=3", change]).to_dict(), "x")
-    # TDKstain ignores the baseline section: changing it there is no architecture change.
-    tdkstain = load_config("tdkstain-paper")
-    check_same_architecture(tdkstain, load_config("tdkstain-paper", ["baseline.norm=batch"]).to_dict(), "x")
+            check_same_architecture(cyclegan, load_config("cyclegan", ["options.pool_size=3", change]).to_dict(), "x")
+    # TDKstain has no options: a baseline's setting is an error naming its key, not a silent no-op.
+    with pytest.raises(TdkstainError, match="options.norm: unknown key"):
+        load_config("tdkstain-paper", ["options.norm=batch"])

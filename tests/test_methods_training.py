@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from tdkstain.benchmark import translate_tiles
-from tdkstain.checkpoints import load_network
+from tdkstain.workflows.table1 import translate_tiles
+from tdkstain.weights import load_network
 from tdkstain.cli import main
-from tdkstain.images import read_rgb
+from tdkstain.data.images import read_rgb
 from tdkstain.training import checkpoint_files, load_checkpoint
 
 # pix2pixHD trains without its VGG term here (no ImageNet weights on test machines) and says so.
@@ -27,9 +27,9 @@ SHRINK = {
     "pix2pix": ["model.n_downsampling=6"],
     "pyramidpix2pix": ["model.n_blocks=1"],
     "pix2pixhd": ["model.n_blocks=1", "model.n_downsampling=2"],
-    "cyclegan": ["model.n_blocks=1", "baseline.pool_size=3"],
-    "cyclegan-unpaired": ["model.n_blocks=1", "baseline.pool_size=3", "baseline.unpaired=true"],
-    "asp": ["baseline.nce_patches=16", "baseline.nce_dim=8", "model.n_layers_d=3"],
+    "cyclegan": ["model.n_blocks=1", "options.pool_size=3"],
+    "cyclegan-unpaired": ["model.n_blocks=1", "options.pool_size=3", "options.unpaired=true"],
+    "asp": ["options.nce_patches=16", "options.nce_dim=8", "model.n_layers_d=3"],
     "tdkstain-no-nuclei": ["model.n_blocks=1", "model.num_d=2"],
     "tdkstain-no-membrane": ["model.n_blocks=1", "model.num_d=2"],
     "tdkstain-no-both": ["model.n_blocks=1", "model.num_d=2"],
@@ -38,7 +38,7 @@ SHRINK = {
 
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory) -> Path:
-    from tdkstain.extraction import extract_dataset
+    from tdkstain.knowledge.extraction import extract_dataset
     from tdkstain.synth import write_dataset
 
     root = tmp_path_factory.mktemp("synth") / "data"

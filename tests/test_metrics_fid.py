@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from tdkstain.errors import TdkstainError
+from tdkstain.plumbing.errors import TdkstainError
 from tdkstain.metrics.fid import (
     FeatureStats,
     FidKidAccumulator,
@@ -28,7 +28,7 @@ from tdkstain.metrics.fid import (
     trace_sqrt_product,
 )
 from tdkstain.metrics.inception import InceptionFeatures, tf1_bilinear_resize
-from tdkstain.metrics.weights import KNOWN_WEIGHTS, MetricUnavailable, find_weights
+from tdkstain.weights.files import KNOWN_WEIGHTS, MetricUnavailable, find_weights
 
 
 def _stats(features: np.ndarray, batches=(3, 5)) -> FeatureStats:
@@ -207,7 +207,7 @@ def test_missing_or_wrong_inception_weights_say_what_to_do(tmp_path, monkeypatch
     monkeypatch.setenv("TDKSTAIN_WEIGHTS", str(tmp_path / "w"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    with mock.patch("tdkstain.metrics.weights._in_wheel", return_value=None):
+    with mock.patch("tdkstain.weights.files._in_wheel", return_value=None):
         with pytest.raises(MetricUnavailable, match=r"looked in: .*w/default_1\.pt; .*home/.cache/tdkstain/weights.*torch/hub/checkpoints"):
             find_weights("inception")
 
@@ -279,7 +279,7 @@ def test_inception_features_equal_torch_fidelity_extractor(fixtures_dir, tmp_pat
 
 
 def _tissue_crops(fixtures_dir: Path, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    from tdkstain.images import read_rgb
+    from tdkstain.data.images import read_rgb
 
     rng = np.random.default_rng(9)
     he = read_rgb(fixtures_dir / "data" / "he_tiatoolbox_target.png")

@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from tdkstain.errors import TdkstainError
-from tdkstain.images import read_rgb
-from tdkstain.metrics.image import json_number, psnr, ssim
+from tdkstain.plumbing.errors import TdkstainError
+from tdkstain.data.images import read_rgb
+from tdkstain.plumbing.jsonsafe import json_number
+from tdkstain.metrics.image import psnr, ssim
 
 
 def _reference(real: np.ndarray, fake: np.ndarray) -> tuple[float, float]:

@@ -19,9 +19,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tdkstain.errors import TdkstainError
+from tdkstain.plumbing.errors import TdkstainError
 from tdkstain.metrics.perceptual import DISTS, LPIPS, alexnet_features, vgg16_features
-from tdkstain.metrics.weights import MetricUnavailable, find_weights
+from tdkstain.weights.files import MetricUnavailable, find_weights
 
 VGG_CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 

@@ -7,8 +7,8 @@ from unittest import mock
 
 import pytest
 
-from tdkstain.errors import TdkstainError
-from tdkstain.metrics.weights import KNOWN_WEIGHTS, MetricUnavailable, find_weights, sha256_of
+from tdkstain.plumbing.errors import TdkstainError
+from tdkstain.weights.files import KNOWN_WEIGHTS, MetricUnavailable, find_weights, sha256_of
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def test_search_order_explicit_env_cache_hub(empty_search_path):
         "env": tmp / "env",
         "explicit": tmp / "explicit",
     }
-    with mock.patch("tdkstain.metrics.weights._in_wheel", return_value=None):
+    with mock.patch("tdkstain.weights.files._in_wheel", return_value=None):
         for name in ("hub", "cache", "env"):  # each new place must win over the previous ones
             places[name].mkdir(parents=True)
             (places[name] / "vgg16-397923af.pth").write_bytes(name.encode())

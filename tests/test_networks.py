@@ -8,14 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from tdkstain.networks import (
-    MultiscaleDiscriminator,
-    NucleiDensityEstimator,
-    ResnetGenerator,
-    count_parameters,
-    create_networks,
-    init_weights,
-)
+from tdkstain.models.tdkstain import MultiscaleDiscriminator, NucleiDensityEstimator, ResnetGenerator
+from tdkstain.models.layers import count_parameters, init_weights
 from conftest import OFFICIAL
 
 
@@ -25,10 +19,19 @@ def tiny_generator(**kwargs) -> ResnetGenerator:
     return init_weights(ResnetGenerator(**kwargs))
 
 
+def tdkstain_networks(*overrides: str, seed: int = 0) -> dict[str, torch.nn.Module]:
+    """G, D and E as the TDKstain method builds them (``tdkstain.methods.tdkstain``)."""
+    from tdkstain.methods import create_method
+    from tdkstain.training.config import build_config
+
+    return create_method(build_config({}, list(overrides)), 1).build_networks(seed)
+
+
 @pytest.fixture(scope="module")
 def paper_networks():
-    # The paper configuration; init skipped, only layouts and counts are looked at.
-    return create_networks(init_std=None)
+    # The paper configuration on the meta device: layouts and counts without the memory.
+    with torch.device("meta"):
+        return tdkstain_networks()
 
 
 def _keys_and_shapes(module: torch.nn.Module) -> list[list]:
@@ -38,23 +41,23 @@ def _keys_and_shapes(module: torch.nn.Module) -> list[list]:
 def test_generator_keys_and_shapes_equal_release(paper_networks):
     reference = json.loads((OFFICIAL / "official_generator_keys.json").read_text())
     assert reference["config"]["ngf"] == 64 and reference["config"]["n_blocks"] == 9
-    assert _keys_and_shapes(paper_networks.generator) == reference["state_dict_keys"]
+    assert _keys_and_shapes(paper_networks["generator"]) == reference["state_dict_keys"]
 
 
 def test_discriminator_and_estimator_keys_and_shapes_equal_release(paper_networks):
     reference = json.loads((OFFICIAL / "official_D_E_keys.json").read_text())
-    assert _keys_and_shapes(paper_networks.discriminator) == reference["discriminator"]
-    assert _keys_and_shapes(paper_networks.estimator) == reference["estimator"]
+    assert _keys_and_shapes(paper_networks["discriminator"]) == reference["discriminator"]
+    assert _keys_and_shapes(paper_networks["estimator"]) == reference["estimator"]
 
 
 def test_paper_parameter_counts(paper_networks):
     # docs/method.md "Networks": G 45.6 M, D 8.3 M, E 6.8 M.
-    assert round(count_parameters(paper_networks.generator) / 1e6, 1) == 45.6
-    assert round(count_parameters(paper_networks.discriminator) / 1e6, 1) == 8.3
-    assert round(count_parameters(paper_networks.estimator) / 1e6, 1) == 6.8
-    assert paper_networks.generator.tap_channels == [128, 256, 512]
-    assert paper_networks.generator.tap_indices == (6, 9, 12)
-    assert paper_networks.estimator.init_kwargs["input_nc"] == 896
+    assert round(count_parameters(paper_networks["generator"]) / 1e6, 1) == 45.6
+    assert round(count_parameters(paper_networks["discriminator"]) / 1e6, 1) == 8.3
+    assert round(count_parameters(paper_networks["estimator"]) / 1e6, 1) == 6.8
+    assert paper_networks["generator"].tap_channels == [128, 256, 512]
+    assert paper_networks["generator"].tap_indices == (6, 9, 12)
+    assert paper_networks["estimator"].init_kwargs["input_nc"] == 896
 
 
 def test_release_generator_output_and_taps_equal_fixture():
@@ -76,11 +79,11 @@ def test_release_generator_output_and_taps_equal_fixture():
 
 def test_release_discriminator_and_estimator_outputs_equal_fixture():
     """TDKstain's D and E as the method builds them, with the release's weights: the release's outputs."""
-    from tdkstain.config import build_config
-    from tdkstain.objective import create_objective
+    from tdkstain.training.config import build_config
+    from tdkstain.methods import create_method
 
     cfg = build_config({}, ["model.ngf=8", "model.ndf=8", "model.nef=16", "model.estimator_blocks=4", "data.crop=128"])
-    nets = create_objective(cfg, 1).build_networks(0)
+    nets = create_method(cfg, 1).build_networks(0)
     discriminator, estimator = nets["discriminator"].eval(), nets["estimator"].eval()
     discriminator.load_state_dict(torch.load(OFFICIAL / "official_D_ndf8.pth", map_location="cpu", weights_only=True))
     estimator.load_state_dict(torch.load(OFFICIAL / "official_E_nef16.pth", map_location="cpu", weights_only=True))
@@ -233,8 +236,8 @@ def test_estimator_gradient_reaches_generator_encoder():
 
 def test_init_statistics():
     torch.manual_seed(6)
-    networks = create_networks(ngf=16, ndf=16, nef=16, n_blocks=2, estimator_blocks=1)
-    for net in (networks.generator, networks.discriminator, networks.estimator):
+    networks = tdkstain_networks("model.ngf=16", "model.ndf=16", "model.nef=16", "model.n_blocks=2", "model.estimator_blocks=1")
+    for net in networks.values():
         weights = torch.cat([m.weight.detach().flatten() for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))])
         biases = [m.bias.detach() for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
         assert weights.numel() > 10_000
@@ -242,17 +245,20 @@ def test_init_statistics():
         assert abs(float(weights.mean())) < 0.001
         assert all(float(b.abs().max()) == 0.0 for b in biases)
     # No norm layer carries parameters or buffers (instance norm, no running stats).
-    for module in networks.generator.modules():
+    for module in networks["generator"].modules():
         if isinstance(module, torch.nn.InstanceNorm2d):
             assert module.weight is None and module.running_mean is None
 
 
-def test_create_networks_seed_is_reproducible_and_private():
+def test_built_networks_depend_on_the_seed_only_and_leave_the_global_stream_alone():
+    small = ("model.ngf=4", "model.ndf=4", "model.nef=4", "model.n_blocks=1", "model.estimator_blocks=1")
     torch.manual_seed(7)
     state = torch.get_rng_state()
-    a = create_networks(ngf=4, ndf=4, nef=4, n_blocks=1, estimator_blocks=1, generator_seed=11)
+    a = tdkstain_networks(*small, seed=11)
     assert torch.equal(torch.get_rng_state(), state)  # global stream untouched
-    b = create_networks(ngf=4, ndf=4, nef=4, n_blocks=1, estimator_blocks=1, generator_seed=11)
-    for x, y in zip(a.generator.parameters(), b.generator.parameters()):
+    b = tdkstain_networks(*small, seed=11)
+    c = tdkstain_networks(*small, seed=12)
+    for x, y in zip(a["generator"].parameters(), b["generator"].parameters()):
         assert torch.equal(x, y)
-    assert a.discriminator.init_kwargs["input_nc"] == 6
+    assert not torch.equal(a["generator"].model[1].weight, c["generator"].model[1].weight)
+    assert a["discriminator"].init_kwargs["input_nc"] == 6

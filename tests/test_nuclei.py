@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from tdkstain.errors import TdkstainError
-from tdkstain.nuclei import (
+from tdkstain.plumbing.errors import TdkstainError
+from tdkstain.knowledge.nuclei import (
     NucleiParams,
     detect_nuclei,
-    hematoxylin_od,
     match_centroids,
     nuclei_mask,
     pool_centroids,
     score_detection,
 )
 from conftest import DATA
+from tdkstain.knowledge import stain
 
 REAL_IHC = DATA / "ihc_skimage_colon.png"
 
@@ -139,7 +139,7 @@ def test_real_image_centroids_lie_on_hematoxylin(mode, above_p75):
     assert centroids.dtype == np.float64 and centroids.ndim == 2 and centroids.shape[1] == 2
     # By eye the 512x512 colon crop holds roughly 300-400 nuclei.
     assert 150 <= len(centroids) <= 600
-    hematoxylin = hematoxylin_od(ihc)
+    hematoxylin = stain.hematoxylin_od(ihc)
     at = np.round(centroids).astype(int)
     values = hematoxylin[at[:, 0], at[:, 1]]
     # Random points would give 0.50 and 0.25.

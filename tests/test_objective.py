@@ -1,4 +1,4 @@
-"""The TDKstain objective: each phase against the formula of docs/method.md, ablations, batching."""
+"""The TDKstain method: each phase against the formula of docs/method.md, ablations, batching."""
 
 from __future__ import annotations
 
@@ -8,18 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tdkstain.config import build_config
-from tdkstain.networks import count_parameters
-from tdkstain.objective import (
-    NonFiniteLoss,
-    Runtime,
-    TdkstainObjective,
-    discriminator_step,
-    estimator_step,
-    gan_loss,
-    generate,
-    generator_step,
-)
+from tdkstain.training.config import build_config
+from tdkstain.models.layers import count_parameters
+from tdkstain.methods.base import NonFiniteLoss, Runtime
+from tdkstain.methods.losses import gan_loss
+from tdkstain.methods.tdkstain import TDKstain, discriminator_step, estimator_step, generate, generator_step
 
 TINY = [
     "model.ngf=4", "model.n_blocks=1", "model.ndf=4", "model.num_d=2", "model.nef=4", "model.estimator_blocks=1",
@@ -46,7 +39,7 @@ def make_batch(b: int = 2, size: int = 48, seed: int = 0) -> dict[str, torch.Ten
 
 
 def setup(cfg, seed: int = 0):
-    objective = TdkstainObjective(cfg, steps_per_epoch=10)
+    objective = TDKstain(cfg, steps_per_epoch=10)
     nets = objective.build_networks(seed)
     opts = {k: torch.optim.Adam(n.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas)) for k, n in nets.items()}
     return objective, nets, opts
@@ -212,7 +205,7 @@ def test_nonfinite_loss_stops_naming_the_term_or_skips():
 def test_two_stage_schedule_trains_estimator_alone_first():
     cfg = tiny("schedule.kind=two-stage", "schedule.estimator_epochs=1", "schedule.epochs=2", "schedule.decay_epochs=1")
     objective, nets, opts = setup(cfg)
-    assert objective.estimator_steps == 10 and objective.total_steps == 30
+    assert objective.first_stage_steps == 10 and objective.total_steps == 30
     g_before = params(nets["generator"])
     terms = objective.train_step(0, nets, opts, make_batch(), Runtime())
     assert set(terms) == {"estimator/loss"}
@@ -223,7 +216,7 @@ def test_two_stage_schedule_trains_estimator_alone_first():
 
 def test_lr_decays_linearly_and_never_reaches_zero():
     cfg = tiny("schedule.epochs=4", "schedule.decay_epochs=2")
-    objective = TdkstainObjective(cfg, steps_per_epoch=5)  # 20 steps, the last 10 decaying
+    objective = TDKstain(cfg, steps_per_epoch=5)  # 20 steps, the last 10 decaying
     factors = [objective.lr_factor("generator", s) for s in range(20)]
     assert factors[:11] == [1.0] * 11
     assert factors[-1] == pytest.approx(0.1)
@@ -232,10 +225,10 @@ def test_lr_decays_linearly_and_never_reaches_zero():
 
 
 def test_paper_preset_parameter_counts_match_method():
-    from tdkstain.config import load_config
+    from tdkstain.training.config import load_config
 
     cfg = load_config("tdkstain-paper")
-    nets = TdkstainObjective(cfg, 1).build_networks(0)
+    nets = TDKstain(cfg, 1).build_networks(0)
     counts = {k: count_parameters(v) / 1e6 for k, v in nets.items()}
     assert counts["generator"] == pytest.approx(45.6, abs=0.05)
     assert counts["discriminator"] == pytest.approx(8.3, abs=0.05)

@@ -9,15 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tdkstain.errors import TdkstainError
-from tdkstain.pairs import (
-    Pair,
-    check_dataset,
-    detect_layout,
-    discover_pairs,
-    knowledge_paths,
-    parse_her2_label,
-)
+from tdkstain.plumbing.errors import TdkstainError
+from tdkstain.data.pairs import Pair, check_dataset, detect_layout, discover_pairs, knowledge_paths, parse_her2_label
 
 RNG = np.random.default_rng(7)
 

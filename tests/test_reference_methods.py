@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from conftest import REFERENCE
-from tdkstain.config import build_config
-from tdkstain.methods.blocks import UnetGenerator, VGG19Features
-from tdkstain.networks import MultiscaleDiscriminator
-from tdkstain.objective import Runtime, create_objective
+from tdkstain.training.config import build_config
+from tdkstain.models.pix2pix import UnetGenerator
+from tdkstain.models.vgg import VGG19Features
+from tdkstain.models.tdkstain import MultiscaleDiscriminator
+from tdkstain.methods import Runtime, create_method
 
 ATOL = 1e-5
 
@@ -37,7 +38,7 @@ def close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 0.0) -> No
 
 def objective(method: str, *overrides: str):
     cfg = build_config({"method": method}, ["train.device=cpu", *overrides])
-    return create_objective(cfg, steps_per_epoch=1)
+    return create_method(cfg, steps_per_epoch=1)
 
 
 # ----------------------------------------------------------------------------- pix2pix
@@ -45,8 +46,8 @@ def objective(method: str, *overrides: str):
 
 def test_pix2pix_unet_patchgan_and_losses_equal_the_reference():
     io, load = fixture("pix2pix")
-    method = objective("pix2pix", "model.ngf=8", "model.ndf=8", "model.n_downsampling=8", "baseline.norm=batch",
-                       "baseline.dropout=true", "loss.gan=vanilla", "loss.l1=100", "data.crop=256")
+    method = objective("pix2pix", "model.ngf=8", "model.ndf=8", "model.n_downsampling=8", "options.norm=batch",
+                       "options.dropout=true", "loss.gan=vanilla", "loss.l1=100", "data.crop=256")
     nets = method.networks()
     nets["generator"].load_state_dict(UnetGenerator.reference_key_map(load("netG.pth")))
     nets["discriminator"].load_state_dict(load("netD.pth"))
@@ -93,8 +94,8 @@ def test_pyramidpix2pix_networks_octaves_and_losses_equal_the_reference():
 
     io, load = fixture("pyramidpix2pix")
     method = objective("pyramidpix2pix", "model.ngf=8", "model.ndf=8", "model.n_downsampling=2", "model.n_blocks=9",
-                       "baseline.norm=batch", "baseline.dropout=true", "loss.gan=vanilla", "loss.l1=25",
-                       "baseline.pyramid=[25,25,25]", "data.crop=128")
+                       "options.norm=batch", "options.dropout=true", "loss.gan=vanilla", "loss.l1=25",
+                       "options.pyramid=[25,25,25]", "data.crop=128")
     nets = method.networks()
     nets["generator"].load_state_dict(load("netG.pth"))
     nets["discriminator"].load_state_dict(load("netD.pth"))
@@ -129,7 +130,7 @@ def test_pix2pixhd_networks_features_and_losses_equal_the_reference():
 
     io, load = fixture("pix2pixhd")
     method = objective("pix2pixhd", "model.ngf=4", "model.n_downsampling=4", "model.n_blocks=9", "model.ndf=4",
-                       "model.n_layers_d=3", "model.num_d=2", "baseline.feature_matching=10", "baseline.vgg=0",
+                       "model.n_layers_d=3", "model.num_d=2", "options.feature_matching=10", "options.vgg=0",
                        "data.crop=128")
     assert method.cfg.d_padding == 2  # pix2pixHD's own padding
     nets = method.networks()
@@ -163,7 +164,7 @@ def test_pix2pixhd_networks_features_and_losses_equal_the_reference():
 
 
 def test_pix2pixhd_keeps_pytorchs_default_conv_biases():
-    method = objective("pix2pixhd", "model.ngf=4", "model.ndf=4", "model.n_blocks=1", "baseline.vgg=0", "data.crop=64")
+    method = objective("pix2pixhd", "model.ngf=4", "model.ndf=4", "model.n_blocks=1", "options.vgg=0", "data.crop=64")
     nets = method.build_networks(0)
     for net in nets.values():
         convs = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
@@ -189,8 +190,8 @@ def test_tdkstain_zeroes_its_biases_as_the_release_does():
 def test_cyclegan_networks_and_losses_equal_the_reference():
     io, load = fixture("cyclegan")
     method = objective("cyclegan", "model.ngf=8", "model.ndf=8", "model.n_downsampling=2", "model.n_blocks=9",
-                       "model.n_layers_d=3", "baseline.norm=instance", "baseline.cycle=10", "baseline.identity=0.5",
-                       "baseline.pool_size=50", "data.crop=64")
+                       "model.n_layers_d=3", "options.norm=instance", "options.cycle=10", "options.identity=0.5",
+                       "options.pool_size=50", "data.crop=64")
     nets = method.networks()
     # netG_A: A (H&E) -> B (IHC); netD_A judges B.
     nets["generator"].load_state_dict(load("netG_A.pth"))
@@ -231,9 +232,9 @@ ASP_LAYERS = (0, 4, 8, 12, 16)
 
 def asp_method():
     return objective("asp", "model.ngf=8", "model.ndf=8", "model.n_downsampling=2", "model.n_blocks=6", "model.n_layers_d=5",
-                     "baseline.spectral_norm=true", "baseline.antialias=true", "baseline.nce_layers=[0,4,8,12,16]",
-                     "baseline.nce_patches=256", "baseline.nce_dim=256", "baseline.gaussian_pyramid=10",
-                     "baseline.gaussian_pyramid_weights=[0.015625,0.03125,0.0625,0.125,0.25,1.0]",
+                     "options.spectral_norm=true", "options.antialias=true", "options.nce_layers=[0,4,8,12,16]",
+                     "options.nce_patches=256", "options.nce_dim=256", "options.gaussian_pyramid=10",
+                     "options.gaussian_pyramid_weights=[0.015625,0.03125,0.0625,0.125,0.25,1.0]",
                      "schedule.epochs=40", "schedule.decay_epochs=10", "data.crop=128")
 
 
@@ -249,7 +250,7 @@ def asp():
 
 
 def test_asp_generator_discriminator_and_features_equal_the_reference(asp):
-    from tdkstain.methods.blocks import sequential_features
+    from tdkstain.models.layers import sequential_features
 
     io, _, nets = asp
     g, d = nets["generator"], nets["discriminator"]

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import torch
 
-from tdkstain.errors import TdkstainError
+from tdkstain.plumbing.errors import TdkstainError
 from tdkstain.training import checkpoint_files, load_checkpoint, train
 
 from conftest import TINY, make_dataset, tiny
@@ -86,7 +86,7 @@ TRAIN_OVERRIDES = [
 @pytest.mark.slow
 def test_train_killed_at_a_random_moment_resumes_to_bitwise_identical_weights(tmp_path):
     data = make_dataset(tmp_path / "data", n_train=4, n_test=0, size=48)
-    from tdkstain.config import load_config
+    from tdkstain.training.config import load_config
 
     cfg = load_config("demo-cpu", [*TRAIN_OVERRIDES, f"data.root={data}"])  # what the command below resolves
     reference = train(cfg, tmp_path / "reference", progress=False)
@@ -186,7 +186,7 @@ N_TRANSLATE = 24
 
 @pytest.fixture()
 def he_folder(tmp_path) -> Path:
-    from tdkstain.images import write_png
+    from tdkstain.data.images import write_png
 
     rng = np.random.default_rng(0)
     folder = tmp_path / "he"
@@ -197,8 +197,8 @@ def he_folder(tmp_path) -> Path:
 
 @pytest.fixture()
 def tiny_weights(tmp_path) -> Path:
-    from tdkstain.checkpoints import save_network
-    from tdkstain.networks import ResnetGenerator
+    from tdkstain.weights import save_network
+    from tdkstain.models.tdkstain import ResnetGenerator
 
     torch.manual_seed(0)
     path = tmp_path / "generator.safetensors"
@@ -243,9 +243,9 @@ def small_data(tmp_path_factory) -> Path:
 
 def _poison_l1_at(monkeypatch, bad_steps: set[int]) -> None:
     """Put one NaN pixel in the IHC target tile on the given (0-based) steps: the L1 term goes NaN."""
-    from tdkstain.objective import TdkstainObjective
+    from tdkstain.methods.tdkstain import TDKstain
 
-    real = TdkstainObjective.train_step
+    real = TDKstain.train_step
 
     def poisoned(self, step, nets, optimizers, batch, rt):
         if step in bad_steps:
@@ -255,7 +255,7 @@ def _poison_l1_at(monkeypatch, bad_steps: set[int]) -> None:
             batch["ihc"] = ihc
         return real(self, step, nets, optimizers, batch, rt)
 
-    monkeypatch.setattr(TdkstainObjective, "train_step", poisoned)
+    monkeypatch.setattr(TDKstain, "train_step", poisoned)
 
 
 class _NanGradient(torch.autograd.Function):
@@ -301,16 +301,17 @@ def test_nonfinite_skip_drops_the_update_and_counts_it(small_data, tmp_path, mon
 
 
 def test_nonfinite_gradients_with_a_finite_loss_stop_naming_the_network(small_data, tmp_path, monkeypatch):
-    from tdkstain import objective
+    from tdkstain.methods import create_method
+    from tdkstain.methods import tdkstain as tdkstain_method
 
-    real = objective._update
+    real = tdkstain_method.update
 
-    def update(phase, loss, terms, net, optimizer, rt):
+    def update(phase, loss, terms, nets, optimizers, rt):
         if phase == "generator":
-            loss = loss + _NanGradient.apply(next(net.parameters()))
-        return real(phase, loss, terms, net, optimizer, rt)
+            loss = loss + _NanGradient.apply(next(nets[0].parameters()))
+        return real(phase, loss, terms, nets, optimizers, rt)
 
-    monkeypatch.setattr(objective, "_update", update)
+    monkeypatch.setattr(tdkstain_method, "update", update)
     overrides = ["data.val_pairs=0", "train.checkpoint_every=100"]
     with pytest.raises(TdkstainError, match=r"step 0: non-finite gradients in network 'generator'"):
         train(tiny(small_data, *overrides, "train.max_steps=2"), tmp_path / "stop", progress=False)
@@ -320,7 +321,7 @@ def test_nonfinite_gradients_with_a_finite_loss_stop_naming_the_network(small_da
     generator = result.nets["generator"].state_dict()
     assert all(torch.isfinite(v).all() for v in generator.values() if v.is_floating_point())
     # Every generator update was dropped: its weights are still those of step 0.
-    fresh = objective.create_objective(tiny(small_data, *overrides), 1).build_networks(0)["generator"].state_dict()
+    fresh = create_method(tiny(small_data, *overrides), 1).build_networks(0)["generator"].state_dict()
     assert all(torch.equal(generator[k], fresh[k]) for k in fresh)
     assert load_checkpoint(checkpoint_files(tmp_path / "skip")[-1])["skipped_updates"] == 2
 
@@ -360,8 +361,8 @@ def test_disk_full_during_a_checkpoint_write_keeps_the_previous_checkpoint(small
 
 
 def test_disk_full_writing_safetensors_weights_names_the_file(tmp_path, monkeypatch):
-    from tdkstain.checkpoints import save_network
-    from tdkstain.networks import ResnetGenerator
+    from tdkstain.weights import save_network
+    from tdkstain.models.tdkstain import ResnetGenerator
 
     path = tmp_path / "weights" / "generator.safetensors"
     net = ResnetGenerator(ngf=4, n_blocks=1)
@@ -383,7 +384,7 @@ def test_disk_full_writing_safetensors_weights_names_the_file(tmp_path, monkeypa
 def test_baseline_methods_stop_on_nonfinite_gradients_too():
     """The comparison methods' shared update (tdkstain.methods.base.update) applies the same check."""
     from tdkstain.methods.base import update
-    from tdkstain.objective import NonFiniteLoss, Runtime
+    from tdkstain.methods.base import NonFiniteLoss, Runtime
 
     net = torch.nn.Linear(3, 2)
     optimizer = torch.optim.Adam(net.parameters(), lr=0.1)

@@ -23,10 +23,10 @@ import tifffile
 import torch
 
 from tdkstain.cli import main
-from tdkstain.config import load_config
-from tdkstain.data import AlignedTiles, split_pairs, tile_files
-from tdkstain.errors import TdkstainError
-from tdkstain.images import read_rgb, write_png
+from tdkstain.training.config import load_config
+from tdkstain.data.tiles import AlignedTiles, split_pairs, tile_files
+from tdkstain.plumbing.errors import TdkstainError
+from tdkstain.data.images import read_rgb, write_png
 from tdkstain.training import train
 
 from conftest import make_dataset, tiny
@@ -80,7 +80,7 @@ def test_tile_smaller_than_the_crop_is_an_error_naming_the_tile_and_the_fix(data
 @pytest.mark.parametrize("height, width", [(1, 1), (3, 5), (13, 17), (40, 9)])
 def test_inference_on_images_smaller_than_the_tile_pads_and_crops_back(height, width):
     from tdkstain.inference import Stainer
-    from tdkstain.networks import ResnetGenerator
+    from tdkstain.models.tdkstain import ResnetGenerator
 
     torch.manual_seed(0)
     stainer = Stainer(ResnetGenerator(ngf=4, n_blocks=1).eval(), device="cpu", tile=32, overlap=8)
@@ -128,7 +128,7 @@ def test_png_header_claiming_a_huge_image_is_refused_before_decoding(tmp_path):
     path.write_bytes(bomb)
     with pytest.raises(TdkstainError, match=r"bomb\.png: 60000 x 60000 = 3,600,000,000 pixels exceeds the limit.*max_pixels"):
         read_rgb(path)
-    from tdkstain.pairs import check_dataset
+    from tdkstain.data.pairs import check_dataset
 
     (tmp_path / "data" / "train_HE").mkdir(parents=True)
     (tmp_path / "data" / "train_IHC").mkdir(parents=True)
@@ -194,8 +194,8 @@ def test_resuming_a_run_folder_of_another_method_is_refused(dataset, one_step_ru
 
 
 def test_translate_refuses_discriminator_weights_naming_the_file(tmp_path, capsys):
-    from tdkstain.checkpoints import save_network
-    from tdkstain.networks import MultiscaleDiscriminator
+    from tdkstain.weights import save_network
+    from tdkstain.models.tdkstain import MultiscaleDiscriminator
 
     weights = save_network(tmp_path / "discriminator.safetensors", MultiscaleDiscriminator(ndf=4, num_D=2))
     write_png(tmp_path / "he" / "a.png", np.zeros((32, 32, 3), np.uint8))
@@ -244,8 +244,8 @@ def test_train_into_an_output_folder_blocked_by_a_file(dataset, tmp_path, capsys
 
 
 def test_translate_into_an_output_folder_blocked_by_a_file(tmp_path, capsys):
-    from tdkstain.checkpoints import save_network
-    from tdkstain.networks import ResnetGenerator
+    from tdkstain.weights import save_network
+    from tdkstain.models.tdkstain import ResnetGenerator
 
     weights = save_network(tmp_path / "g.safetensors", ResnetGenerator(ngf=4, n_blocks=1), tile_size=32)
     write_png(tmp_path / "he" / "a.png", np.zeros((32, 32, 3), np.uint8))
@@ -270,8 +270,8 @@ def test_extract_with_an_output_folder_blocked_by_a_file(dataset, tmp_path, caps
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root may write anywhere")
 def test_translate_into_a_read_only_folder(tmp_path, capsys):
-    from tdkstain.checkpoints import save_network
-    from tdkstain.networks import ResnetGenerator
+    from tdkstain.weights import save_network
+    from tdkstain.models.tdkstain import ResnetGenerator
 
     weights = save_network(tmp_path / "g.safetensors", ResnetGenerator(ngf=4, n_blocks=1), tile_size=32)
     write_png(tmp_path / "he" / "a.png", np.zeros((32, 32, 3), np.uint8))
@@ -290,7 +290,7 @@ def test_image_conversions_are_warned_naming_the_file(tmp_path):
     """Grey, RGBA, 16-bit and CMYK in one place (each also has its own test in test_images.py)."""
     from PIL import Image
 
-    from tdkstain.images import ImageConversionWarning
+    from tdkstain.data.images import ImageConversionWarning
 
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / "grey.png")
@@ -342,8 +342,8 @@ def test_full_disk_stops_extract_even_with_skip_bad(dataset, tmp_path, capsys, m
 
 
 def test_full_disk_stops_translate_even_with_skip_bad(tmp_path, capsys, monkeypatch):
-    from tdkstain.checkpoints import save_network
-    from tdkstain.networks import ResnetGenerator
+    from tdkstain.weights import save_network
+    from tdkstain.models.tdkstain import ResnetGenerator
 
     weights = save_network(tmp_path / "g.safetensors", ResnetGenerator(ngf=4, n_blocks=1), tile_size=32)
     write_png(tmp_path / "he" / "a.png", np.zeros((32, 32, 3), np.uint8))

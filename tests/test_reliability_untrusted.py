@@ -26,10 +26,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tdkstain.config import Config, _known_keys, build_config, load_config
-from tdkstain.errors import TdkstainError
-from tdkstain.images import read_rgb
-from tdkstain.pairs import discover_pairs
+from tdkstain.training.config import Config, _known_keys, build_config, load_config
+from tdkstain.plumbing.errors import TdkstainError
+from tdkstain.data.images import read_rgb
+from tdkstain.data.pairs import discover_pairs
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "tdkstain"
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -98,14 +98,14 @@ def test_no_unsafe_deserialisers_in_the_source():
             if keyword.arg == "allow_pickle":
                 assert isinstance(keyword.value, ast.Constant) and keyword.value.value is False, _where(path, call)
     # TorchScript archives are code: the one place that loads one (the FID Inception network)
-    # checks the file's sha256 against the published file first (tdkstain.metrics.weights).
+    # checks the file's sha256 against the published file first (tdkstain.weights.files).
     jit = [_where(p, c) for p, c in _calls("load") if isinstance(c.func, ast.Attribute)
            and isinstance(c.func.value, ast.Attribute) and c.func.value.attr == "jit"]
     assert all(w.startswith("tdkstain/metrics/inception.py") for w in jit), jit
 
 
 def test_inception_torchscript_with_the_wrong_digest_is_refused(tmp_path):
-    from tdkstain.metrics.weights import KNOWN_WEIGHTS, find_weights
+    from tdkstain.weights.files import KNOWN_WEIGHTS, find_weights
 
     fake = tmp_path / KNOWN_WEIGHTS["inception"].filename
     fake.write_bytes(b"PK\x03\x04 not the published network")
@@ -132,7 +132,7 @@ def test_malicious_training_checkpoint_is_refused_and_runs_nothing(tmp_path):
 
 
 def test_malicious_pickle_inside_safetensors_named_weights_is_refused(tmp_path):
-    from tdkstain.checkpoints import load_generator
+    from tdkstain.weights import load_generator
 
     target = tmp_path / "pwned"
     evil = tmp_path / "generator.safetensors"

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import CHROMIUM_FLAGS, PROBE, chromium
 from tdkstain.evaluation import EvaluationOptions, evaluate, remove_dab
-from tdkstain.images import write_png
+from tdkstain.data.images import write_png
 from tdkstain.synth import her2_label, render_pair
 
 

@@ -18,11 +18,11 @@ from PIL import Image
 openslide = pytest.importorskip("openslide")
 tiffslide = pytest.importorskip("tiffslide")
 
-from tdkstain.checkpoints import save_network  # noqa: E402
+from tdkstain.weights import save_network  # noqa: E402
 from tdkstain.cli import main as cli_main  # noqa: E402
-from tdkstain.errors import TdkstainError  # noqa: E402
+from tdkstain.plumbing.errors import TdkstainError  # noqa: E402
 from tdkstain.inference import Stainer  # noqa: E402
-from tdkstain.networks import ResnetGenerator  # noqa: E402
+from tdkstain.models.tdkstain import ResnetGenerator  # noqa: E402
 from tdkstain.slides import (  # noqa: E402
     Slide,
     SlideAtMpp,

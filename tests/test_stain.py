@@ -8,7 +8,7 @@ import pytest
 import skimage.color
 import torch
 
-from tdkstain import stain
+from tdkstain.knowledge import stain
 from conftest import DATA, OFFICIAL
 
 FIXTURE = OFFICIAL / "official_dab_skimage_ihc.npz"
@@ -156,10 +156,10 @@ def test_torch_dab_rgb_and_saturation_equal_skimage(dtype, real_crop):
 def test_torch_membrane_mask_matches_release(official):
     ihc, fixture = official
     rgb = _to_tensor(ihc / 255.0, torch.float64)[None]
-    unblurred = stain.membrane_mask_torch(rgb, blur=False)
+    unblurred = stain.release_membrane_mask_torch(rgb, blur=False)
     assert unblurred.shape == (1, 1, *ihc.shape[:2])
     np.testing.assert_array_equal(unblurred[0, 0].numpy() * 255, fixture["dab_mask"])
-    blurred = stain.membrane_mask_torch(rgb)[0, 0].numpy() * 255
+    blurred = stain.release_membrane_mask_torch(rgb)[0, 0].numpy() * 255
     # Float blur vs OpenCV's uint8 rounding: within half a grey level.
     assert np.abs(blurred - fixture["dab_mask_blurred"]).max() <= 0.5 + 1e-9
 
@@ -168,10 +168,10 @@ def test_torch_batch_shapes_and_dtype():
     rgb = torch.rand(2, 4, 3, 12, 10, dtype=torch.float32)
     assert stain.rgb_to_hed_torch(rgb).shape == rgb.shape
     assert stain.dab_rgb_torch(rgb).shape == rgb.shape
-    mask = stain.membrane_mask_torch(rgb)
+    mask = stain.release_membrane_mask_torch(rgb)
     assert mask.shape == (2, 4, 1, 12, 10) and mask.dtype == torch.float32
     # Batched equals one-by-one.
-    torch.testing.assert_close(mask[1, 2], stain.membrane_mask_torch(rgb[1, 2]))
+    torch.testing.assert_close(mask[1, 2], stain.release_membrane_mask_torch(rgb[1, 2]))
     with pytest.raises(ValueError, match=r"\(\*, 3, H, W\)"):
         stain.rgb_to_hed_torch(torch.rand(2, 4, 8, 8))
     with pytest.raises(ValueError, match="float"):
@@ -204,6 +204,6 @@ def test_saturation_gradient_has_no_nan_on_grey():
 def test_torch_on_cuda_matches_cpu(real_crop):
     rgb = _to_tensor(real_crop / 255.0, torch.float32)[None]
     torch.testing.assert_close(
-        stain.membrane_mask_torch(rgb.cuda()).cpu(), stain.membrane_mask_torch(rgb), atol=1e-5, rtol=0
+        stain.release_membrane_mask_torch(rgb.cuda()).cpu(), stain.release_membrane_mask_torch(rgb), atol=1e-5, rtol=0
     )
     torch.testing.assert_close(stain.rgb_to_hed_torch(rgb.cuda()).cpu(), stain.rgb_to_hed_torch(rgb), atol=1e-5, rtol=0)

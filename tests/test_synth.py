@@ -15,7 +15,7 @@ from scipy.optimize import linear_sum_assignment
 from skimage.color import rgb2hed
 from skimage.filters import threshold_otsu
 
-from tdkstain.errors import TdkstainError
+from tdkstain.plumbing.errors import TdkstainError
 from tdkstain.synth import (
     CELL_TYPES,
     FAILURES,
@@ -286,7 +286,7 @@ def test_truth_file_reproduces_the_pair(tmp_path):
 
 
 def test_release_layout_is_discovered(tmp_path):
-    pairs_module = pytest.importorskip("tdkstain.pairs", reason="tdkstain.pairs not available yet")
+    pairs_module = pytest.importorskip("tdkstain.data.pairs", reason="tdkstain.data.pairs not available yet")
     write_dataset(tmp_path, 8, 64, seed=2)
     discovered = pairs_module.discover_pairs(tmp_path)
     assert len(discovered) == 8

@@ -10,15 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from tdkstain.data import AlignedTiles, EpochBatchSampler, split_pairs, tile_files
-from tdkstain.errors import TdkstainError
-from tdkstain.training import (
-    baseline_scores,
-    checkpoint_files,
-    image_scores,
-    load_checkpoint,
-    train,
-)
+from tdkstain.data.tiles import AlignedTiles, EpochBatchSampler, split_pairs, tile_files
+from tdkstain.plumbing.errors import TdkstainError
+from tdkstain.evaluation.validation import image_scores
+from tdkstain.training import checkpoint_files, load_checkpoint, reference_scores, train
 from conftest import TINY, biases_before_instance_norm, make_dataset, tiny
 
 @pytest.fixture(scope="module")
@@ -123,7 +118,7 @@ def test_checkpoint_holds_everything_and_loads_weights_only(dataset, tmp_path):
     assert [r["step"] for r in records if r["kind"] == "val"] == [3, 5]
     assert {"generator/l1", "discriminator/loss", "estimator/loss", "lr/generator"} <= set(records[0])
     # The latest weights load as a generator with a model card.
-    from tdkstain.checkpoints import load_generator_with_card
+    from tdkstain.weights import load_generator_with_card
 
     generator, card = load_generator_with_card(run)
     assert card["tile_size"] == 32 and card["value_range"] == [-1, 1] and card["config"]["model"]["ngf"] == 4
@@ -161,11 +156,11 @@ def test_restore_brings_back_the_torch_numpy_and_python_streams(dataset):
     dropout and patch sampling draw from them)."""
     import random
 
-    from tdkstain.objective import Runtime, create_objective
-    from tdkstain.training import TrainState, checkpoint_payload, restore
+    from tdkstain.methods import Runtime, create_method
+    from tdkstain.training.state import TrainState, checkpoint_payload, restore
 
     cfg = tiny(dataset)
-    nets = create_objective(cfg, 1).build_networks(0)
+    nets = create_method(cfg, 1).build_networks(0)
     optimizers = {k: torch.optim.Adam(n.parameters()) for k, n in nets.items()}
     torch.manual_seed(11), np.random.seed(12), random.seed(13)
     np.random.standard_normal()  # leaves a cached Gaussian in numpy's state
@@ -296,9 +291,9 @@ def test_overfit_four_pairs_halves_l1(dataset, tmp_path):
     assert l1[-1] < 0.5 * l1[0], l1
 
 
-def test_baseline_scores_compares_trained_untrained_and_mean_colour(dataset, tmp_path):
+def test_reference_scores_compare_trained_untrained_and_mean_colour(dataset, tmp_path):
     train(tiny(dataset, "train.max_steps=2"), tmp_path / "run", progress=False)
-    table = baseline_scores(tmp_path / "run")
+    table = reference_scores(tmp_path / "run")
     assert set(table) == {"trained", "untrained", "mean_colour"}
     for scores in table.values():
         assert set(scores) == {"l1", "psnr", "ssim"}
@@ -314,7 +309,7 @@ def test_cli_train_resolves_preset_and_overrides(dataset, tmp_path, capsys):
 
     rc = main([
         "train", "--config", "demo-cpu", "--data", str(dataset), "--out", str(tmp_path / "run"), "--no-progress",
-        "--baselines", *[o for o in TINY if not o.startswith("data.val")], "train.max_steps=2", "data.val_pairs=1",
+        "--reference-scores", *[o for o in TINY if not o.startswith("data.val")], "train.max_steps=2", "data.val_pairs=1",
     ])
     assert rc == 0
     captured = capsys.readouterr()

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tdkstain.checkpoints import load_generator, save_network
+from tdkstain.weights import load_generator, save_network
 from tdkstain.cli import main
-from tdkstain.images import read_rgb, write_png
+from tdkstain.data.images import read_rgb, write_png
 from tdkstain.inference import Stainer
 
 

@@ -48,9 +48,9 @@ TINY = {
     "pyramidpix2pix": ["model.ngf=4", "model.ndf=4", "model.n_blocks=1", "data.crop=64"],
     "pix2pixhd": ["model.ngf=2", "model.ndf=4", "model.n_blocks=1", "data.crop=64"],
     "cyclegan": ["model.ngf=4", "model.ndf=4", "model.n_blocks=1", "data.crop=64"],
-    "asp": ["model.ngf=4", "model.ndf=4", "model.n_blocks=1", "data.crop=64"],
+    "asp": ["model.ngf=4", "model.ndf=4", "model.n_blocks=1", "data.crop=128"],
 }
-COMMON = ["data.batch=2", "data.workers=0", "data.val_pairs=2", "train.device=cpu", "train.threads=1", "train.max_steps=3",
+COMMON = ["data.batch=2", "data.val_size=64", "data.workers=0", "data.val_pairs=2", "train.device=cpu", "train.threads=1", "train.max_steps=3",
           "train.checkpoint_every=100", "train.val_every=2", "train.log_every=1", "train.tensorboard=false",
           "train.deterministic=true", "train.seed=3"]
 
@@ -103,7 +103,7 @@ def pyramid_pixels(tif: Path) -> dict[str, str]:
 def collect(work: Path) -> dict[str, dict[str, str]]:
     result: dict[str, dict[str, str]] = {}
     data = work / "data"
-    tdkstain("synth", str(data), "--pairs", "8", "--size", "96", "--seed", "7", "--test-fraction", "0.25", cwd=work)
+    tdkstain("synth", str(data), "--pairs", "8", "--size", "128", "--seed", "7", "--test-fraction", "0.25", cwd=work)
     result["synth"] = files_under(data, (".png", ".json"))
     for engine in ("numpy", "torch"):
         copy = work / f"extract-{engine}"

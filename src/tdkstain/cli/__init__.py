@@ -9,11 +9,12 @@ science is imported inside ``run``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 
 from tdkstain import __version__
-from tdkstain.errors import TdkstainError
+from tdkstain.plumbing.errors import TdkstainError
 
 # name on the command line -> module in tdkstain.cli. A literal registry:
 # reading it tells you every command there is.
@@ -56,14 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line_warnings(command: str) -> None:
-    """Warnings print as ``tdkstain COMMAND: warning: ...`` (not Python's file:line header).
+@contextlib.contextmanager
+def _one_line_warnings(command: str):
+    """Warnings print as ``tdkstain COMMAND: warning: ...`` (not Python's file:line header) while a command runs.
 
     ``formatwarning``, not ``showwarning``: recording contexts (tests) still see every warning.
     """
     import warnings
 
+    before = warnings.formatwarning
     warnings.formatwarning = lambda message, category, filename, lineno, line=None: f"tdkstain {command}: warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = before
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    _one_line_warnings(args.command)
     try:
-        return int(args._run(args) or 0)
+        with _one_line_warnings(args.command):
+            return int(args._run(args) or 0)
     except TdkstainError as err:
         print(f"tdkstain {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -82,11 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tdkstain {args.command}: interrupted; rerun the same command to continue.", file=sys.stderr)
         return 130
     except OSError as err:
-        # A full disk or a folder that refuses writes, met outside tdkstain.atomic
+        # A full disk or a folder that refuses writes, met outside tdkstain.plumbing.atomic
         # (a folder created up front, a log appended to): name the file and the fix.
         from pathlib import Path
 
-        from tdkstain.atomic import write_error
+        from tdkstain.plumbing.atomic import write_error
 
         friendly = write_error(Path(err.filename), err, atomic=False) if err.filename else None
         if friendly is None:

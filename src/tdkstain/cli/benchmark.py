@@ -49,11 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tdkstain.benchmark import run_benchmark
+    from tdkstain.workflows.table1 import run_benchmark
     from tdkstain.evaluation import EvaluationOptions
 
     if args.steps is not None and args.steps < 1:
-        from tdkstain.errors import TdkstainError
+        from tdkstain.plumbing.errors import TdkstainError
 
         raise TdkstainError(f"--steps {args.steps}: give at least 1 training step per method")
     options = EvaluationOptions(

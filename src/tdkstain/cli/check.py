@@ -57,8 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from tdkstain.images import DEFAULT_MAX_PIXELS
-    from tdkstain.pairs import check_dataset
+    from tdkstain.data.images import DEFAULT_MAX_PIXELS
+    from tdkstain.data.pairs import check_dataset
 
     report = check_dataset(
         args.data_dir,

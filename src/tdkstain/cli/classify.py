@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from tdkstain.classify import TrainSettings, evaluate_classifier, train_classifier
+    from tdkstain.evaluation.classifier import TrainSettings, evaluate_classifier, train_classifier
 
     if args.classify_command == "train":
         settings = TrainSettings(

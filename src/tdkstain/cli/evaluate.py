@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tdkstain.evaluation.runner import EvaluationOptions, check_method_name, evaluate, parse_compare
-    from tdkstain.errors import TdkstainError
+    from tdkstain.plumbing.errors import TdkstainError
 
     name = args.name or Path(args.fake).resolve().name
     check_method_name(name)

@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="tiles sampled evenly over the dataset by --calibrate (default: 32)")
     run_group = parser.add_argument_group("running")
     run_group.add_argument("--engine", choices=("torch", "numpy"),
-                           help="'torch' = tdkstain.extraction.fast: exact h-maxima in torch, shared deconvolution, "
+                           help="'torch' = tdkstain.knowledge.extraction.fast: exact h-maxima in torch, shared deconvolution, "
                                 "about 3x the tiles per second of 'numpy' on the CPU; 'numpy' = the scikit-image "
                                 "path (knowledge.extract_tile). Both write identical files (tested bit for bit), so "
                                 "a run may resume with either. Only 'numpy' runs --nuclei-backend cellpose "
@@ -94,8 +94,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_params(args: argparse.Namespace, stored: dict | None = None):
     """ExtractionParams: the defaults, or an earlier calibration, with the command-line options applied."""
-    from tdkstain.errors import TdkstainError
-    from tdkstain.knowledge import ExtractionParams
+    from tdkstain.plumbing.errors import TdkstainError
+    from tdkstain.knowledge.maps import ExtractionParams
 
     params = ExtractionParams().to_dict()
     membrane, nuclei = params["membrane"], params["nuclei"]
@@ -135,9 +135,9 @@ def build_params(args: argparse.Namespace, stored: dict | None = None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from tdkstain import extraction
-    from tdkstain.errors import TdkstainError
-    from tdkstain.pairs import detect_layout
+    from tdkstain.knowledge import extraction
+    from tdkstain.plumbing.errors import TdkstainError
+    from tdkstain.data.pairs import detect_layout
 
     if args.workers < 1:
         raise TdkstainError(f"--workers must be at least 1, got {args.workers}")

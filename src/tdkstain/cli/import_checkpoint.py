@@ -47,9 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tdkstain.checkpoints import file_sha256, load_official_generator, load_weights, save_network
-    from tdkstain.errors import TdkstainError
-    from tdkstain.networks import count_parameters
+    from tdkstain.weights import sha256_of as file_sha256, load_official_generator, load_weights, save_network
+    from tdkstain.plumbing.errors import TdkstainError
+    from tdkstain.models.layers import count_parameters
 
     checkpoint: Path = args.checkpoint
     out: Path = args.out if args.out is not None else checkpoint.with_suffix(".safetensors")

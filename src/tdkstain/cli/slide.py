@@ -93,8 +93,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from tdkstain.checkpoints import file_sha256, find_generator_weights
-    from tdkstain.errors import TdkstainError
+    from tdkstain.weights import sha256_of as file_sha256, find_generator_weights
+    from tdkstain.plumbing.errors import TdkstainError
     from tdkstain.cli._staining import stainer_from_args
     from tdkstain.slides import SlideOptions, stain_slide
     from tdkstain.slides.pipeline import check_output_path

@@ -43,9 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(train.init_from; the config's sizes must match the files')")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     parser.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("--baselines", action="store_true",
+    parser.add_argument("--reference-scores", "--baselines", dest="reference_scores", action="store_true",
                         help="at the end, print held-out L1 / PSNR / SSIM of the trained generator next to the "
-                             "untrained one and a mean-IHC-colour image")
+                             "untrained one and a mean-IHC-colour image (--baselines: the older name)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides such as loss.membrane=5 train.max_steps=1000 (see --show-config)")
 
@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from tdkstain.config import load_config
+    from tdkstain.training.config import load_config
 
     # Paths from flags are set verbatim, never read as YAML ('ds #1', '2024-01-01', 'on' stay strings).
     values = {key: value for key, value in (("data.root", args.data), ("train.init_from", args.init_from)) if value is not None}
@@ -70,11 +70,11 @@ def run(args: argparse.Namespace) -> int:
     if result.last_val is not None:
         scores = ", ".join(f"{k} {v:.4g}" for k, v in result.last_val.items())
         print(f"step {result.step}: validation {scores}", file=sys.stderr)
-    if args.baselines and result.step > 0:
-        from tdkstain.distributed import current
-        from tdkstain.training import baseline_scores, format_scores
+    if args.reference_scores and result.step > 0:
+        from tdkstain.plumbing.distributed import current
+        from tdkstain.training import format_scores, reference_scores
 
         if current().is_main:
-            print(format_scores(baseline_scores(result.run_dir)), file=sys.stderr)
+            print(format_scores(reference_scores(result.run_dir)), file=sys.stderr)
     print(result.run_dir / "weights" / "generator.safetensors")
     return 0

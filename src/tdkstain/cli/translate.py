@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 HELP = "stain H&E images of any size with a trained generator (tiled, blended, without seams)"
 
@@ -87,7 +88,7 @@ def collect_inputs(inputs: list[Path], recursive: bool) -> list[tuple[Path, Path
     Raises TdkstainError for a missing input, an empty folder, or two
     inputs that would write the same output.
     """
-    from tdkstain.errors import TdkstainError
+    from tdkstain.plumbing.errors import TdkstainError
 
     found: list[tuple[Path, Path]] = []
     for item in inputs:
@@ -113,68 +114,60 @@ def collect_inputs(inputs: list[Path], recursive: bool) -> list[tuple[Path, Path
     return list(dict.fromkeys(found))
 
 
-def run(args: argparse.Namespace) -> int:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm import tqdm
-
-    from tdkstain.errors import TdkstainError
-    from tdkstain.images import image_size, read_rgb_with_notes, write_png
-    from tdkstain.cli._staining import stainer_from_args
-
-    if args.workers < 1:
-        raise TdkstainError(f"--workers must be >= 1, got {args.workers}")
-    jobs = collect_inputs(list(args.inputs), args.recursive)
-    out_dir: Path = args.out
-    todo = [(src, out_dir / rel) for src, rel in jobs if args.force or not (out_dir / rel).exists()]
-    skipped_existing = len(jobs) - len(todo)
-    # A run killed mid-write left temporaries (.tmp-STEM-*.png) beside the outputs it is about to redo.
+def _remove_stale_temporaries(todo: list[tuple[Path, Path]]) -> None:
+    """A run killed mid-write left temporaries (.tmp-STEM-*.png) beside the outputs it is about to redo."""
     import glob
 
     for _, dst in todo:
         for stale in dst.parent.glob(f".tmp-{glob.escape(dst.stem)}-*.png"):
             stale.unlink(missing_ok=True)
-    if not todo:
-        print(f"nothing to do: all {len(jobs)} outputs exist in {out_dir} (pass --force to redo them)")
-        return 0
 
-    stainer, card = stainer_from_args(args, args.checkpoint)
+
+def _announce(args: argparse.Namespace, stainer: Any, card: dict[str, Any], images: int, skipped_existing: int) -> None:
+    """Say on stderr what is about to run, so a rounded --tile or --overlap is not a surprise."""
     kwargs = card.get("kwargs", {})
     if (stainer.tile, stainer.overlap) != (args.tile, args.overlap):
         print(f"{card.get('network')} takes sides that are multiples of {stainer.align}: tile {stainer.tile}, overlap {stainer.overlap}", file=sys.stderr)
     print(
         f"{args.checkpoint}: {card.get('network', 'ResnetGenerator')} ngf {kwargs.get('ngf', '?')}, {stainer.num_norm_layers} instance-norm layers; "
-        f"{len(todo)} image(s) to stain on {stainer.device} ({stainer.precision}), tile {stainer.tile}, "
+        f"{images} image(s) to stain on {stainer.device} ({stainer.precision}), tile {stainer.tile}, "
         f"overlap {stainer.overlap}, norm {stainer.norm}" + (f"; {skipped_existing} already done" if skipped_existing else ""),
         file=sys.stderr,
     )
 
-    # Sizes from the headers, for a progress bar counted in tile passes.
+
+def _count_tile_passes(stainer: Any, todo: list[tuple[Path, Path]]) -> int:
+    """Tile passes of the whole job from the image headers, so the progress bar counts passes, not images."""
+    from tdkstain.data.images import image_size
+    from tdkstain.plumbing.errors import TdkstainError
+
     total = 0
     for src, _ in todo:
         try:
             total += stainer.passes_for(*image_size(src))
         except TdkstainError:
             total += 1  # reported when it is read
-    if args.compile == "auto" and stainer.device.type == "cpu" and total >= COMPILE_MIN_PASSES:
-        stainer.compile = True
-        print(f"compiling the generator ({total} tile passes on the CPU; --compile off to skip)", file=sys.stderr)
+    return total
+
+
+def _stain_images(args: argparse.Namespace, stainer: Any, todo: list[tuple[Path, Path]], bar: Any) -> tuple[int, list[str]]:
+    """Stain each ``(input, output)`` in order; returns the count stained and a line per unreadable input skipped."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tdkstain.data.images import read_rgb_with_notes, write_png
+    from tdkstain.plumbing.errors import TdkstainError
+
     bad: list[str] = []
     done = 0
-    bar = tqdm(total=total, unit="tile", disable=True if args.no_progress else None, file=sys.stderr)
-
-    def read(path: Path):
-        return read_rgb_with_notes(path)
-
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
         # decode ahead of the model, a bounded number of images at a time
         window = args.workers + 1
-        pending = [pool.submit(read, src) for src, _ in todo[:window]]
+        pending = [pool.submit(read_rgb_with_notes, src) for src, _ in todo[:window]]
         writes = []
         for i, (src, dst) in enumerate(todo):
             future = pending.pop(0)
             if i + window < len(todo):
-                pending.append(pool.submit(read, todo[i + window][0]))
+                pending.append(pool.submit(read_rgb_with_notes, todo[i + window][0]))
             try:
                 he, notes = future.result()
             except TdkstainError as err:
@@ -191,6 +184,34 @@ def run(args: argparse.Namespace) -> int:
             done += 1
         for w in writes:
             w.result()
+    return done, bad
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from tdkstain.cli._staining import stainer_from_args
+    from tdkstain.plumbing.errors import TdkstainError
+
+    if args.workers < 1:
+        raise TdkstainError(f"--workers must be >= 1, got {args.workers}")
+    jobs = collect_inputs(list(args.inputs), args.recursive)
+    out_dir: Path = args.out
+    todo = [(src, out_dir / rel) for src, rel in jobs if args.force or not (out_dir / rel).exists()]
+    skipped_existing = len(jobs) - len(todo)
+    _remove_stale_temporaries(todo)
+    if not todo:
+        print(f"nothing to do: all {len(jobs)} outputs exist in {out_dir} (pass --force to redo them)")
+        return 0
+
+    stainer, card = stainer_from_args(args, args.checkpoint)
+    _announce(args, stainer, card, len(todo), skipped_existing)
+    total = _count_tile_passes(stainer, todo)
+    if args.compile == "auto" and stainer.device.type == "cpu" and total >= COMPILE_MIN_PASSES:
+        stainer.compile = True
+        print(f"compiling the generator ({total} tile passes on the CPU; --compile off to skip)", file=sys.stderr)
+    bar = tqdm(total=total, unit="tile", disable=True if args.no_progress else None, file=sys.stderr)
+    done, bad = _stain_images(args, stainer, todo, bar)
     bar.close()
 
     summary = f"stained {done} image(s) into {out_dir}"

@@ -4,7 +4,7 @@ Modules: ``pairing`` (real / generated files by stem, HER2 labels),
 ``analyses`` (nuclei count and membrane error curves, Fig. 3),
 ``runner`` (streaming evaluation of one or several methods, metrics.json,
 per_image.csv), ``report`` (plots, tile grids, index.html). The downstream
-HER2 classifier (Table 2) lives in ``tdkstain.classify``.
+HER2 classifier (Table 2) lives in ``tdkstain.evaluation.classifier``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Knowledge analyses of generated IHC (the paper's Fig. 3), per tile and aggregated.
 
 Both real and generated IHC go through the same extraction code as training
-(``tdkstain.stain``, ``tdkstain.nuclei`` with the dataset's ``extraction.json``
+(``tdkstain.knowledge.stain``, ``tdkstain.knowledge.nuclei`` with the dataset's ``extraction.json``
 settings), so an error here is an error the training losses would see.
 
 - Nuclei (Fig. 3a): ``nuclei.detect_nuclei`` on the real and on the
@@ -22,15 +22,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tdkstain import stain
-from tdkstain.knowledge import ExtractionParams, membrane_mask_binary
-from tdkstain.nuclei import detect_nuclei
+from tdkstain.knowledge import stain
+from tdkstain.knowledge.maps import ExtractionParams, membrane_mask_binary
+from tdkstain.knowledge.nuclei import detect_nuclei
 
 # Fig. 3b-e of the paper: DAB saturation thresholds 0.10 to 0.50, step 0.02 (21 values).
 MEMBRANE_THRESHOLDS: tuple[float, ...] = tuple(round(0.10 + 0.02 * i, 2) for i in range(21))
 
 NUCLEI_DEFINITION = (
-    "per tile: number of nuclei detected by tdkstain.nuclei.detect_nuclei (extraction.json settings) on the "
+    "per tile: number of nuclei detected by tdkstain.knowledge.nuclei.detect_nuclei (extraction.json settings) on the "
     "generated IHC minus that on the real IHC; MAE = mean over tiles of its absolute value"
 )
 MEMBRANE_MAE_DEFINITION = (

@@ -17,9 +17,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tdkstain.errors import TdkstainError
-from tdkstain.images import IMAGE_SUFFIXES
-from tdkstain.pairs import parse_her2_label
+from tdkstain.plumbing.errors import TdkstainError
+from tdkstain.data.images import IMAGE_SUFFIXES
+from tdkstain.data.pairs import parse_her2_label
 
 HER2_LABELS = ("0", "1+", "2+", "3+")
 # Suffixes that the pix2pix / CycleGAN / CUT test scripts append to a stem.

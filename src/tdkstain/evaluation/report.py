@@ -22,11 +22,11 @@ from urllib.parse import quote
 
 import numpy as np
 
-from tdkstain.atomic import atomic_path, write_text_atomic
-from tdkstain.images import read_rgb, write_png
-from tdkstain.knowledge import ExtractionParams, membrane_mask_binary
-from tdkstain.nuclei import detect_nuclei
-from tdkstain.overlays import membrane_nuclei_overlay, montage
+from tdkstain.plumbing.atomic import atomic_path, write_text_atomic
+from tdkstain.data.images import read_rgb, write_png
+from tdkstain.knowledge.maps import ExtractionParams, membrane_mask_binary
+from tdkstain.knowledge.nuclei import detect_nuclei
+from tdkstain.knowledge.overlays import membrane_nuclei_overlay, montage
 
 if TYPE_CHECKING:
     from tdkstain.evaluation.pairing import ImagePair

@@ -31,12 +31,13 @@ from typing import Any, Callable
 import numpy as np
 
 from tdkstain import __version__
-from tdkstain.atomic import write_text_atomic
-from tdkstain.errors import TdkstainError
+from tdkstain.plumbing.jsonsafe import json_safe
+from tdkstain.plumbing.atomic import write_text_atomic
+from tdkstain.plumbing.errors import TdkstainError
 from tdkstain.evaluation.analyses import MEMBRANE_THRESHOLDS, TileAnalysis, aggregate, compare_tile, real_knowledge
 from tdkstain.evaluation.pairing import ImagePair, Pairing, pair_by_stem, read_labels_csv
-from tdkstain.images import read_rgb
-from tdkstain.knowledge import ExtractionParams
+from tdkstain.data.images import read_rgb
+from tdkstain.knowledge.maps import ExtractionParams
 
 METRICS_JSON = "metrics.json"
 PER_IMAGE_CSV = "per_image.csv"
@@ -114,7 +115,7 @@ def resolve_extraction_params(real_dir: Path, extraction: str | os.PathLike | No
     None: ``REAL_DIR/extraction.json``, then ``REAL_DIR/../extraction.json``
     (the release layout keeps tiles in ``ROOT/test_IHC``), else the release defaults.
     """
-    from tdkstain.extraction.records import read_extraction_record
+    from tdkstain.knowledge.extraction.records import read_extraction_record
 
     candidates: list[Path]
     if extraction is not None:
@@ -189,7 +190,7 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     # forkserver: never fork a parent holding torch / BLAS threads (see extraction.dataset).
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["tdkstain.evaluation.runner", "tdkstain.nuclei"])
+        context.set_forkserver_preload(["tdkstain.evaluation.runner", "tdkstain.knowledge.nuclei"])
         return context
     return multiprocessing.get_context("spawn")
 
@@ -209,7 +210,7 @@ class _DeepMetrics:
 
 
 def _load_deep_metrics(options: EvaluationOptions) -> _DeepMetrics:
-    from tdkstain.metrics.weights import MetricUnavailable
+    from tdkstain.weights.files import MetricUnavailable
 
     deep = _DeepMetrics()
     if options.fid:
@@ -295,18 +296,54 @@ def evaluate(
     """
     options = options or EvaluationOptions()
     log = log or (lambda message: print(message, file=sys.stderr))
-    if not methods:
-        raise TdkstainError("nothing to evaluate: give --fake (and optionally --compare NAME=DIR)")
-    if options.workers < 1 or options.batch_size < 1 or options.grid_tiles < 0:
-        raise TdkstainError("--workers and --batch must be >= 1 and --grid-tiles >= 0")
-    for name in methods:
-        check_method_name(name)
+    _check_request(methods, options)
     real_dir, out_dir = Path(real_dir), Path(out_dir)
     labels = read_labels_csv(labels_csv) if labels_csv is not None else None
     params, params_source = resolve_extraction_params(real_dir, options.extraction)
     results = [
         MethodResult(name, Path(folder), pair_by_stem(real_dir, folder, he_dir, labels)) for name, folder in methods.items()
     ]
+    pairs, fakes = _tiles_of_every_method(results)
+    log(f"evaluate: {len(pairs)} tiles x {len(results)} method(s); extraction settings: {params_source}")
+
+    started = time.perf_counter()
+    deep = _load_deep_metrics(options)
+    for metric, reason in deep.unavailable.items():
+        log(f"evaluate: {metric.upper()} unavailable: {reason}")
+    measured = _measure_tiles(pairs, results, fakes, params, deep, options)
+    _attach_records(results, pairs, measured)
+    real_all = np.concatenate(measured.real_features) if measured.real_features else None
+    for r in results:
+        r.summary = _summarise(r, real_all, deep, options)
+
+    metrics = _metrics_document(real_dir, he_dir, labels_csv, pairs, params, params_source, deep, results, started)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_per_image_csv(out_dir / PER_IMAGE_CSV, results, options.thresholds)
+    write_text_atomic(out_dir / METRICS_JSON, json.dumps(json_safe(metrics), indent=2) + "\n")
+
+    from tdkstain.evaluation.report import write_report
+
+    write_report(out_dir, metrics, results, pairs, params, options)
+    log(f"evaluate: wrote {out_dir / METRICS_JSON}, {out_dir / PER_IMAGE_CSV} and {out_dir / 'index.html'}")
+    return metrics
+
+
+def _check_request(methods: dict[str, str | os.PathLike], options: EvaluationOptions) -> None:
+    """Refuse an evaluation that cannot run, before any tile is read."""
+    if not methods:
+        raise TdkstainError("nothing to evaluate: give --fake (and optionally --compare NAME=DIR)")
+    if options.workers < 1 or options.batch_size < 1 or options.grid_tiles < 0:
+        raise TdkstainError("--workers and --batch must be >= 1 and --grid-tiles >= 0")
+    for name in methods:
+        check_method_name(name)
+
+
+def _tiles_of_every_method(results: list[MethodResult]) -> tuple[list[ImagePair], dict[str, dict[str, Path]]]:
+    """The pairs whose tile every method generated, and each method's ``{stem: generated tile}``.
+
+    Every method is scored on the same tiles, so the table compares like with
+    like; each method's other tiles are noted in its pairing summary.
+    """
     common = sorted(set.intersection(*({p.stem for p in r.pairing.pairs} for r in results)))
     if not common:
         raise TdkstainError("no real tile was generated by every compared method; nothing to compare")
@@ -315,13 +352,27 @@ def evaluate(
     fakes = {r.name: {p.stem: p.fake for p in r.pairing.pairs} for r in results}
     for r in results:
         r.pairing.not_in_every_method = sorted({p.stem for p in r.pairing.pairs} - set(common))
-    log(f"evaluate: {len(pairs)} tiles x {len(results)} method(s); extraction settings: {params_source}")
+    return pairs, fakes
 
-    started = time.perf_counter()
-    deep = _load_deep_metrics(options)
-    for metric, reason in deep.unavailable.items():
-        log(f"evaluate: {metric.upper()} unavailable: {reason}")
 
+@dataclass
+class _TileMeasurements:
+    """What the pass over the tiles measured, before it is sorted into each method's records."""
+
+    per_tile: list[dict]  # per pair: method -> (SSIM, PSNR, TileAnalysis)
+    real_features: list[np.ndarray]  # Inception features of the real tiles, per batch
+    perceptual: dict[str, dict[str, dict[str, float]]]  # method -> stem -> metric -> value
+
+
+def _measure_tiles(
+    pairs: list[ImagePair],
+    results: list[MethodResult],
+    fakes: dict[str, dict[str, Path]],
+    params: ExtractionParams,
+    deep: _DeepMetrics,
+    options: EvaluationOptions,
+) -> _TileMeasurements:
+    """One pass over the tiles: knowledge work in worker processes (or here), feature networks here, batch by batch."""
     tasks = [
         (p.stem, str(p.real), [(r.name, str(fakes[r.name][p.stem])) for r in results], params.to_dict(), tuple(options.thresholds))
         for p in pairs
@@ -345,18 +396,32 @@ def evaluate(
     finally:
         if executor is not None:
             executor.shutdown(cancel_futures=True)
+    return _TileMeasurements(tile_results, real_features, perceptual_values)
 
+
+def _attach_records(results: list[MethodResult], pairs: list[ImagePair], measured: _TileMeasurements) -> None:
+    """Give every method one ``TileRecord`` per pair, in the order of ``pairs``."""
     for r in results:
-        for p, per_method in zip(pairs, tile_results):
+        for p, per_method in zip(pairs, measured.per_tile):
             ssim_value, psnr_value, analysis = per_method[r.name]
             r.records.append(
-                TileRecord(p.stem, p.label, ssim_value, psnr_value, analysis, perceptual_values[r.name].get(p.stem, {}))
+                TileRecord(p.stem, p.label, ssim_value, psnr_value, analysis, measured.perceptual[r.name].get(p.stem, {}))
             )
-    real_all = np.concatenate(real_features) if real_features else None
-    for r in results:
-        r.summary = _summarise(r, real_all, deep, options)
 
-    metrics = {
+
+def _metrics_document(
+    real_dir: Path,
+    he_dir: str | os.PathLike | None,
+    labels_csv: str | os.PathLike | None,
+    pairs: list[ImagePair],
+    params: ExtractionParams,
+    params_source: str,
+    deep: _DeepMetrics,
+    results: list[MethodResult],
+    started: float,
+) -> dict:
+    """The content of ``metrics.json``: the inputs, the settings, the definitions and every method's summary."""
+    return {
         "tdkstain_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(time.perf_counter() - started, 2),
@@ -377,15 +442,6 @@ def evaluate(
             for r in results
         },
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_per_image_csv(out_dir / PER_IMAGE_CSV, results, options.thresholds)
-    write_text_atomic(out_dir / METRICS_JSON, json.dumps(_json_safe(metrics), indent=2) + "\n")
-
-    from tdkstain.evaluation.report import write_report
-
-    write_report(out_dir, metrics, results, pairs, params, options)
-    log(f"evaluate: wrote {out_dir / METRICS_JSON}, {out_dir / PER_IMAGE_CSV} and {out_dir / 'index.html'}")
-    return metrics
 
 
 def _progress(total: int, enabled: bool, unit: str) -> Callable[[int], None]:
@@ -486,24 +542,6 @@ def _definitions(deep: _DeepMetrics) -> dict:
         "lpips": {"definition": LPIPS_DEFINITION, "canonical": deep.canonical.get("lpips", False),
                   "available": "lpips" not in deep.unavailable},
     }
-
-
-def _json_safe(value: Any) -> Any:
-    """Infinities as "inf" (JSON has none), NaN as null, numpy scalars as Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return value
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def _write_per_image_csv(path: Path, results: list[MethodResult], thresholds: tuple[float, ...]) -> None:

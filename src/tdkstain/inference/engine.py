@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tdkstain.devices import resolve_device
-from tdkstain.errors import TdkstainError
+from tdkstain.plumbing.devices import resolve_device
+from tdkstain.plumbing.errors import TdkstainError
 from tdkstain.inference.norm import (
     ConsistentInstanceNorm,
     NormStats,
@@ -25,7 +25,7 @@ from tdkstain.inference.norm import (
     neighbourhood_stats,
 )
 from tdkstain.inference.tiling import Blender, TileGrid
-from tdkstain.networks import ResnetBlock
+from tdkstain.models.layers import ResnetBlock
 
 __all__ = ["Stainer", "NORM_MODES", "PRECISIONS", "DEFAULT_NORM", "resolve_device", "downsampling_factor", "fit_tiling"]
 
@@ -95,7 +95,7 @@ class Stainer:
 
     Args:
         generator: an H&E -> IHC network, ``(B, 3, H, W)`` -> ``(B, 3, H, W)``
-            in [-1, 1] (e.g. ``tdkstain.networks.ResnetGenerator``, or a
+            in [-1, 1] (e.g. ``tdkstain.models.tdkstain.ResnetGenerator``, or a
             comparison method's generator). Not modified: the Stainer works
             on a copy in eval mode. A network without per-sample instance
             norm (pix2pix's U-Net and PyramidPix2pix's ResNet use batch norm,
@@ -207,7 +207,7 @@ class Stainer:
         constructor. ``fit_tiles``: round ``tile`` and ``overlap`` to what
         the generator takes (:func:`fit_tiling`) instead of refusing them.
         """
-        from tdkstain.checkpoints import load_generator_with_card
+        from tdkstain.weights import load_generator_with_card
 
         generator, card = load_generator_with_card(path)
         if fit_tiles:

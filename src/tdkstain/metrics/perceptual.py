@@ -1,7 +1,7 @@
 """Perceptual distances of a generated IHC image to the real one: DISTS and LPIPS.
 
 Both compare deep features of an ImageNet classifier, so both need weight
-files that tdkstain cannot download (see :mod:`tdkstain.metrics.weights`):
+files that tdkstain cannot download (see :mod:`tdkstain.weights.files`):
 
 - **DISTS** (Ding, Ma, Wang, Simoncelli, "Image Quality Assessment: Unifying
   Structure and Texture Similarity", TPAMI 2020). VGG16 whose max pools are
@@ -31,7 +31,7 @@ The backbones are the torchvision ImageNet checkpoints
 ``torch.load(weights_only=True)`` into the same layer layout, defined here.
 No resizing: images are compared at their size (DISTS' reference script
 resizes only on request). Without the weights the constructors raise
-:class:`~tdkstain.metrics.weights.MetricUnavailable`; report the metric as
+:class:`~tdkstain.weights.files.MetricUnavailable`; report the metric as
 unavailable. ``allow_noncanonical=True`` accepts other files (tests use random
 stand-ins); then ``canonical`` is False and :attr:`description` says so.
 """
@@ -45,10 +45,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tdkstain.errors import TdkstainError
+from tdkstain.plumbing.errors import TdkstainError
 from tdkstain.metrics.inception import images_to_tensor
-from tdkstain.metrics.runtime import exact_float32, resolve_device
-from tdkstain.metrics.weights import MetricUnavailable, WeightFile, find_weights
+from tdkstain.metrics.runtime import exact_float32
+from tdkstain.plumbing.devices import resolve_device
+from tdkstain.weights.files import MetricUnavailable, WeightFile, find_weights
 
 __all__ = [
     "DISTS",

@@ -1,4 +1,4 @@
-"""Where metric networks run: device choice and exact-float settings shared by the metric modules."""
+"""Exact float32 while metric networks run (no TF32), shared by the metric modules."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ from typing import Iterator
 
 import torch
 
-from tdkstain.devices import resolve_device
-
-__all__ = ["exact_float32", "resolve_device"]
+__all__ = ["exact_float32"]
 
 
 @contextlib.contextmanager

@@ -80,12 +80,12 @@ import numpy as np
 from PIL import Image
 
 from tdkstain import __version__
-from tdkstain.atomic import atomic_path, write_text_atomic
-from tdkstain.errors import TdkstainError
 from tdkstain.inference import NormStats, Stainer, TileGrid, TilePosition, combine_stats
+from tdkstain.plumbing.atomic import atomic_path, write_text_atomic
+from tdkstain.plumbing.errors import TdkstainError
 from tdkstain.slides.reader import MPP_TOLERANCE, Slide, SlideAtMpp, read_thumbnail
 from tdkstain.slides.tissue import tiles_touching, tissue_mask
-from tdkstain.slides.writer import write_pyramid_tiff
+from tdkstain.slides.writer import PyramidInfo, write_pyramid_tiff
 
 #: Chunks of tiles queued between the reader thread, the model and the writer thread.
 QUEUE_DEPTH = 2
@@ -280,7 +280,7 @@ def _check_not_running(work: Path) -> None:
 
 
 def _remove_stale_temporaries(out: Path) -> None:
-    """Temporary files an interrupted run left beside the output (see tdkstain.atomic)."""
+    """Temporary files an interrupted run left beside the output (see tdkstain.plumbing.atomic)."""
     for final in (out, thumbnail_path_for(out)):
         for stale in final.parent.glob(f".tmp-{final.stem}-*{final.suffix}"):
             stale.unlink(missing_ok=True)
@@ -531,6 +531,159 @@ def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="tile", disable=not enabled or not sys.stderr.isatty(), file=sys.stderr)
 
 
+def _target_mpp(options: SlideOptions, model_mpp: float | None) -> float:
+    target_mpp = options.mpp if options.mpp is not None else model_mpp
+    if target_mpp is None:
+        raise TdkstainError(
+            "the checkpoint records no microns per pixel (e.g. the authors' .pth); pass the resolution it "
+            "was trained at with --mpp (the release's BCI data: --mpp 0.5)"
+        )
+    return target_mpp
+
+
+def _open_work_dir(
+    slide: Slide, stainer: Stainer, plan: _Plan, options: SlideOptions, checkpoint_id: str, out: Path, log: Callable[[str], None]
+) -> Path:
+    """The work folder of ``out``, reused when its job matches, locked by this process."""
+    work = work_dir_for(out)
+    job = _job(slide, stainer, plan, options, checkpoint_id)
+    _check_not_running(work)
+    _prepare_work_dir(work, job, log)
+    (work / "lock").write_text(str(os.getpid()))
+    _remove_stale_temporaries(out)
+    return work
+
+
+def _log_tissue(slide: Slide, plan: _Plan, total: int, background: int, log: Callable[[str], None]) -> None:
+    log(f"tissue: {len(plan.tissue)} of {total} tiles to stain, {background} background tiles skipped (left white)")
+    if not plan.tissue:
+        log(
+            f"warning: no tissue found in {slide.path.name}; writing an all-white slide. If the slide does "
+            "hold tissue (faint or unusual stain), rerun with --no-tissue-detection"
+        )
+
+
+def _global_stats(
+    stainer: Stainer, plan: _Plan, work: Path, timings: dict[str, float], log: Callable[[str], None]
+) -> tuple[_SameStats, int]:
+    """The engine's global mode: exact whole-image statistics, layer by layer, over the cores of
+    up to stat_tiles tiles spread evenly over the tissue (Stainer.sequential_stats).
+
+    Returns the statistics and the forward passes spent on them (0 when reused from ``work``).
+    """
+    t0 = time.perf_counter()
+    forward_passes = 0
+    stats_file = work / "stats" / "global.npz"
+    if not stats_file.is_file():
+        chosen = [plan.tissue[i] for i in spread(len(plan.tissue), stainer.stat_tiles)]
+        log(f"global statistics from {len(chosen)} tissue tiles spread over the slide")
+        stats = stainer.sequential_stats(_read_tiles(plan, chosen), [plan.grid.core(p) for p in chosen])
+        stats_file.parent.mkdir(parents=True, exist_ok=True)
+        _save_stats(stats_file, [stats])
+        forward_passes += len(chosen)
+    pooled = _SameStats(_load_stats(stats_file)[0])
+    timings["statistics"] = time.perf_counter() - t0
+    return pooled, forward_passes
+
+
+def _kernel_stats(
+    stainer: Stainer, plan: _Plan, work: Path, options: SlideOptions, timings: dict[str, float], progress: bool
+) -> tuple[_NeighbourhoodStats | None, int]:
+    """Kernel mode: ``stat_passes`` passes, each recording every tissue tile's statistics normalised
+    with the previous pass's pooled ones. Returns the last pass's pooling and the forward passes spent.
+    """
+    forward_passes = 0
+    applied: _NeighbourhoodStats | None = None
+    for k in range(1, stainer.stat_passes + 1):
+        t0 = time.perf_counter()
+        folder = work / "stats" / f"pass{k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        todo = [i for i in range(len(plan.chunks)) if not (folder / f"{i:06d}.npz").is_file()]
+        with _progress_bar(sum(len(plan.chunks[i]) for i in todo), f"statistics {k}/{stainer.stat_passes}", progress) as bar:
+            _run_chunks(
+                plan,
+                todo,
+                lambda i, tiles: stainer.tile_stats(tiles, None if applied is None else applied.for_chunk(plan.chunks[i])),
+                lambda i, stats: _save_stats(folder / f"{i:06d}.npz", stats),
+                bar.update,
+                options.io_workers,
+            )
+        forward_passes += sum(len(plan.chunks[i]) for i in todo)
+        applied = _NeighbourhoodStats(folder, plan, stainer.kernel_radius)
+        timings[f"statistics pass {k}"] = time.perf_counter() - t0
+    return applied, forward_passes
+
+
+def _staining_pass(
+    stainer: Stainer,
+    plan: _Plan,
+    work: Path,
+    pooled: _SameStats | _NeighbourhoodStats | None,
+    options: SlideOptions,
+    timings: dict[str, float],
+    log: Callable[[str], None],
+    progress: bool,
+) -> tuple[int, int]:
+    """Stain every chunk whose tiles are not all in ``work`` yet; returns ``(tiles reused, forward passes)``."""
+    t0 = time.perf_counter()
+    todo = [i for i, chunk in enumerate(plan.chunks) if not all(_tile_file(work, p).is_file() for p in chunk)]
+    pending = set(todo)
+    reused = sum(len(c) for i, c in enumerate(plan.chunks) if i not in pending)
+    if reused:
+        log(f"resuming: {reused} stained tiles reused from {work}")
+    with _progress_bar(sum(len(plan.chunks[i]) for i in todo), "staining", progress) as bar:
+        _run_chunks(
+            plan,
+            todo,
+            lambda i, tiles: stainer.stain_tiles(tiles, None if pooled is None else pooled.for_chunk(plan.chunks[i])),
+            lambda i, stained: _save_tiles(work, plan.chunks[i], stained),
+            bar.update,
+            options.io_workers,
+        )
+    timings["staining"] = time.perf_counter() - t0
+    return reused, sum(len(plan.chunks[i]) for i in todo)
+
+
+def _write_outputs(
+    slide: Slide, stainer: Stainer, plan: _Plan, work: Path, out: Path, options: SlideOptions, timings: dict[str, float]
+) -> tuple[PyramidInfo, Path]:
+    """Assemble the stained tiles into the pyramidal TIFF ``out`` and write its thumbnail PNG beside it."""
+    t0 = time.perf_counter()
+    spill = work / "pyramid"
+    shutil.rmtree(spill, ignore_errors=True)
+    description = (
+        f"tdkstain {__version__} virtual HER2 IHC of {slide.path.name}; mpp={plan.view.mpp:.6g}; "
+        f"norm={stainer.norm}; tile={stainer.tile}; overlap={stainer.overlap}"
+    )
+    with atomic_path(out) as tmp:
+        info = write_pyramid_tiff(
+            tmp,
+            plan.width,
+            plan.height,
+            _assembled_bands(plan, work, stainer.blend_margin, options.tiff_tile, options.io_workers),
+            mpp=plan.view.mpp,
+            spill_dir=spill,
+            tile=options.tiff_tile,
+            compression=options.compression,
+            jpeg_quality=options.jpeg_quality,
+            description=description,
+            thumbnail_size=options.thumbnail_size,
+        )
+    thumbnail = thumbnail_path_for(out)
+    with atomic_path(thumbnail) as tmp:
+        Image.fromarray(info.thumbnail).save(tmp, format="PNG")
+    timings["assembly"] = time.perf_counter() - t0
+    return info, thumbnail
+
+
+def _close_work_dir(work: Path, keep_work: bool) -> None:
+    """Release the lock of a kept work folder, or remove the folder."""
+    if keep_work:
+        (work / "lock").unlink(missing_ok=True)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def stain_slide(
     stainer: Stainer,
     slide_path: str | os.PathLike,
@@ -561,114 +714,24 @@ def stain_slide(
     started = time.perf_counter()
     out = Path(out)
     check_output_path(out)
-    target_mpp = options.mpp if options.mpp is not None else model_mpp
-    if target_mpp is None:
-        raise TdkstainError(
-            "the checkpoint records no microns per pixel (e.g. the authors' .pth); pass the resolution it "
-            "was trained at with --mpp (the release's BCI data: --mpp 0.5)"
-        )
+    target_mpp = _target_mpp(options, model_mpp)
     timings: dict[str, float] = {}
     with Slide(slide_path, backend=options.backend, slide_mpp=options.slide_mpp) as slide:
         plan = _plan(slide, stainer, float(target_mpp), options, log)
-        work = work_dir_for(out)
-        job = _job(slide, stainer, plan, options, checkpoint_id)
-        _check_not_running(work)
-        _prepare_work_dir(work, job, log)
-        (work / "lock").write_text(str(os.getpid()))
-        _remove_stale_temporaries(out)
+        work = _open_work_dir(slide, stainer, plan, options, checkpoint_id, out, log)
         total = len(plan.grid)
         background = total - len(plan.tissue)
-        log(f"tissue: {len(plan.tissue)} of {total} tiles to stain, {background} background tiles skipped (left white)")
-        if not plan.tissue:
-            log(
-                f"warning: no tissue found in {slide.path.name}; writing an all-white slide. If the slide does "
-                "hold tissue (faint or unusual stain), rerun with --no-tissue-detection"
-            )
-
+        _log_tissue(slide, plan, total, background, log)
         forward_passes = 0
         pooled: _SameStats | _NeighbourhoodStats | None = None
         if stainer.norm == "global" and plan.tissue:
-            # The engine's global mode: exact whole-image statistics, layer by layer, over the cores of
-            # up to stat_tiles tiles spread evenly over the tissue (Stainer.sequential_stats).
-            t0 = time.perf_counter()
-            stats_file = work / "stats" / "global.npz"
-            if not stats_file.is_file():
-                chosen = [plan.tissue[i] for i in spread(len(plan.tissue), stainer.stat_tiles)]
-                log(f"global statistics from {len(chosen)} tissue tiles spread over the slide")
-                stats = stainer.sequential_stats(_read_tiles(plan, chosen), [plan.grid.core(p) for p in chosen])
-                stats_file.parent.mkdir(parents=True, exist_ok=True)
-                _save_stats(stats_file, [stats])
-                forward_passes += len(chosen)
-            pooled = _SameStats(_load_stats(stats_file)[0])
-            timings["statistics"] = time.perf_counter() - t0
+            pooled, forward_passes = _global_stats(stainer, plan, work, timings, log)
         elif stainer.norm == "kernel" and plan.tissue:
-            applied: _NeighbourhoodStats | None = None
-            for k in range(1, stainer.stat_passes + 1):
-                t0 = time.perf_counter()
-                folder = work / "stats" / f"pass{k}"
-                folder.mkdir(parents=True, exist_ok=True)
-                todo = [i for i in range(len(plan.chunks)) if not (folder / f"{i:06d}.npz").is_file()]
-                with _progress_bar(sum(len(plan.chunks[i]) for i in todo), f"statistics {k}/{stainer.stat_passes}", progress) as bar:
-                    _run_chunks(
-                        plan,
-                        todo,
-                        lambda i, tiles: stainer.tile_stats(tiles, None if applied is None else applied.for_chunk(plan.chunks[i])),
-                        lambda i, stats: _save_stats(folder / f"{i:06d}.npz", stats),
-                        bar.update,
-                        options.io_workers,
-                    )
-                forward_passes += sum(len(plan.chunks[i]) for i in todo)
-                applied = _NeighbourhoodStats(folder, plan, stainer.kernel_radius)
-                timings[f"statistics pass {k}"] = time.perf_counter() - t0
-            pooled = applied
-
-        t0 = time.perf_counter()
-        todo = [i for i, chunk in enumerate(plan.chunks) if not all(_tile_file(work, p).is_file() for p in chunk)]
-        pending = set(todo)
-        reused = sum(len(c) for i, c in enumerate(plan.chunks) if i not in pending)
-        if reused:
-            log(f"resuming: {reused} stained tiles reused from {work}")
-        with _progress_bar(sum(len(plan.chunks[i]) for i in todo), "staining", progress) as bar:
-            _run_chunks(
-                plan,
-                todo,
-                lambda i, tiles: stainer.stain_tiles(tiles, None if pooled is None else pooled.for_chunk(plan.chunks[i])),
-                lambda i, stained: _save_tiles(work, plan.chunks[i], stained),
-                bar.update,
-                options.io_workers,
-            )
-        forward_passes += sum(len(plan.chunks[i]) for i in todo)
-        timings["staining"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        spill = work / "pyramid"
-        shutil.rmtree(spill, ignore_errors=True)
-        description = (
-            f"tdkstain {__version__} virtual HER2 IHC of {slide.path.name}; mpp={plan.view.mpp:.6g}; "
-            f"norm={stainer.norm}; tile={stainer.tile}; overlap={stainer.overlap}"
-        )
-        with atomic_path(out) as tmp:
-            info = write_pyramid_tiff(
-                tmp,
-                plan.width,
-                plan.height,
-                _assembled_bands(plan, work, stainer.blend_margin, options.tiff_tile, options.io_workers),
-                mpp=plan.view.mpp,
-                spill_dir=spill,
-                tile=options.tiff_tile,
-                compression=options.compression,
-                jpeg_quality=options.jpeg_quality,
-                description=description,
-                thumbnail_size=options.thumbnail_size,
-            )
-        thumbnail = thumbnail_path_for(out)
-        with atomic_path(thumbnail) as tmp:
-            Image.fromarray(info.thumbnail).save(tmp, format="PNG")
-        timings["assembly"] = time.perf_counter() - t0
-        if options.keep_work:
-            (work / "lock").unlink(missing_ok=True)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+            pooled, forward_passes = _kernel_stats(stainer, plan, work, options, timings, progress)
+        reused, staining_passes = _staining_pass(stainer, plan, work, pooled, options, timings, log, progress)
+        forward_passes += staining_passes
+        info, thumbnail = _write_outputs(slide, stainer, plan, work, out, options, timings)
+        _close_work_dir(work, options.keep_work)
         result = SlideResult(
             out=out,
             thumbnail=thumbnail,

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tdkstain.errors import TdkstainError
+from tdkstain.plumbing.errors import TdkstainError
 
 #: Relative mismatch between a level's and the target's microns per pixel under which the
 #: level is used without resampling (see the module docstring).

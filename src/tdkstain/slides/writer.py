@@ -29,7 +29,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from tdkstain.errors import TdkstainError
+from tdkstain.plumbing.errors import TdkstainError
 
 COMPRESSIONS = ("jpeg", "deflate")
 #: Uncompressed size beyond which BigTIFF (64-bit offsets) is used; classic TIFF stops at 4 GiB.
@@ -132,6 +132,64 @@ class _Halver:
             self.pending, self.rows = [], 0
 
 
+def _check_pyramid_options(tile: int, compression: str, jpeg_quality: int) -> None:
+    if tile % 16 or tile <= 0:
+        raise TdkstainError(f"TIFF tile size must be a positive multiple of 16, got {tile}")
+    if compression not in COMPRESSIONS:
+        raise TdkstainError(f"unknown compression {compression!r}; choose one of {', '.join(COMPRESSIONS)}")
+    if not 1 <= jpeg_quality <= 100:
+        raise TdkstainError(f"JPEG quality must be 1..100, got {jpeg_quality}")
+
+
+def _compression_options(compression: str, jpeg_quality: int) -> dict:
+    """tifffile's ``write`` arguments for ``compression``."""
+    if compression == "jpeg":
+        return dict(compression="jpeg", compressionargs={"level": int(jpeg_quality)})
+    return dict(compression="zlib", compressionargs={"level": 6}, predictor=True)
+
+
+def _encode_buffer_option() -> dict:
+    import tifffile
+
+    # tifffile otherwise gathers up to 512 MiB of tiles to encode them in parallel (older versions lack the option)
+    return (
+        {"buffersize": ENCODE_BUFFER_BYTES}
+        if "buffersize" in inspect.signature(tifffile.TiffWriter.write).parameters
+        else {}
+    )
+
+
+def _level_tiles(
+    bands: Iterator[np.ndarray],
+    tile: int,
+    level_height: int,
+    halver: _Halver | None,
+    kept: list[np.ndarray] | None,
+) -> Iterator[np.ndarray]:
+    """One level's tiles, row by row; feeds each band to ``halver`` (the next level) and to ``kept``."""
+    rows = 0
+    for band in bands:
+        rows += band.shape[0]
+        if halver is not None:
+            halver.push(band)
+            # tifffile stops pulling after the last tile, so finish before yielding it.
+            if rows == level_height:
+                halver.finish()
+        if kept is not None:
+            kept.append(band)
+        yield from _band_tiles(band, tile)
+
+
+def _thumbnail(kept: list[np.ndarray], thumbnail_size: int) -> np.ndarray:
+    """The kept level's bands as one image, shrunk (Lanczos) so its longer side is at most ``thumbnail_size``."""
+    thumbnail = np.concatenate(kept, axis=0)
+    scale = thumbnail_size / max(thumbnail.shape[:2])
+    if scale < 1:
+        size = (max(1, round(thumbnail.shape[1] * scale)), max(1, round(thumbnail.shape[0] * scale)))
+        thumbnail = np.asarray(Image.fromarray(thumbnail).resize(size, Image.Resampling.LANCZOS))
+    return thumbnail
+
+
 def write_pyramid_tiff(
     path: str | os.PathLike,
     width: int,
@@ -151,7 +209,7 @@ def write_pyramid_tiff(
 
     Args:
         path: the file to write (write to a temporary name and move it into place;
-            see :func:`tdkstain.atomic.atomic_path`).
+            see :func:`tdkstain.plumbing.atomic.atomic_path`).
         width, height: level-0 size in pixels.
         bands: level-0 ``(rows, width, 3)`` uint8 RGB bands, top to bottom, each
             ``tile`` rows except the last (``height - k * tile``).
@@ -167,16 +225,8 @@ def write_pyramid_tiff(
     """
     import tifffile
 
-    if tile % 16 or tile <= 0:
-        raise TdkstainError(f"TIFF tile size must be a positive multiple of 16, got {tile}")
-    if compression not in COMPRESSIONS:
-        raise TdkstainError(f"unknown compression {compression!r}; choose one of {', '.join(COMPRESSIONS)}")
-    if not 1 <= jpeg_quality <= 100:
-        raise TdkstainError(f"JPEG quality must be 1..100, got {jpeg_quality}")
-    if compression == "jpeg":
-        options = dict(compression="jpeg", compressionargs={"level": int(jpeg_quality)})
-    else:
-        options = dict(compression="zlib", compressionargs={"level": 6}, predictor=True)
+    _check_pyramid_options(tile, compression, jpeg_quality)
+    options = _compression_options(compression, jpeg_quality)
     dims = pyramid_dimensions(width, height, tile)
     spill_root = Path(spill_dir)
     # The thumbnail comes from the first level small enough to hold in memory cheaply.
@@ -184,12 +234,7 @@ def write_pyramid_tiff(
     kept: list[np.ndarray] = []
     info = PyramidInfo(level_dimensions=dims)
     pixels_per_cm = 1e4 / mpp
-    # tifffile otherwise gathers up to 512 MiB of tiles to encode them in parallel (older versions lack the option)
-    buffer_option = (
-        {"buffersize": ENCODE_BUFFER_BYTES}
-        if "buffersize" in inspect.signature(tifffile.TiffWriter.write).parameters
-        else {}
-    )
+    buffer_option = _encode_buffer_option()
 
     with tifffile.TiffWriter(path, bigtiff=width * height * 3 > BIGTIFF_THRESHOLD_BYTES) as tiff:
         level_bands: Iterable[np.ndarray] = bands
@@ -197,28 +242,9 @@ def write_pyramid_tiff(
             spill = _Spill(spill_root, level + 1) if level + 1 < len(dims) else None
             halver = _Halver(tile, spill) if spill is not None else None
             checked = _checked_bands(level_bands, level_width, level_height, tile, level)
-
-            def tiles(
-                source: Iterator[np.ndarray] = checked,
-                halver: _Halver | None = halver,
-                level: int = level,
-                level_height: int = level_height,
-            ) -> Iterator[np.ndarray]:
-                rows = 0
-                for band in source:
-                    rows += band.shape[0]
-                    if halver is not None:
-                        halver.push(band)
-                        # tifffile stops pulling after the last tile, so finish before yielding it.
-                        if rows == level_height:
-                            halver.finish()
-                    if level == thumbnail_level:
-                        kept.append(band)
-                    yield from _band_tiles(band, tile)
-
             downsample = 2**level
             tiff.write(
-                tiles(),
+                _level_tiles(checked, tile, level_height, halver, kept if level == thumbnail_level else None),
                 shape=(level_height, level_width, 3),
                 dtype=np.uint8,
                 tile=(tile, tile),
@@ -235,12 +261,7 @@ def write_pyramid_tiff(
             )
             if spill is not None:
                 level_bands = iter(spill)
-    thumbnail = np.concatenate(kept, axis=0)
-    scale = thumbnail_size / max(thumbnail.shape[:2])
-    if scale < 1:
-        size = (max(1, round(thumbnail.shape[1] * scale)), max(1, round(thumbnail.shape[0] * scale)))
-        thumbnail = np.asarray(Image.fromarray(thumbnail).resize(size, Image.Resampling.LANCZOS))
-    info.thumbnail = thumbnail
+    info.thumbnail = _thumbnail(kept, thumbnail_size)
     return info
 
 

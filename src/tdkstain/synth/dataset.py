@@ -12,8 +12,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from tdkstain.atomic import atomic_path, write_text_atomic
-from tdkstain.errors import TdkstainError
+from tdkstain.plumbing.atomic import atomic_path, write_text_atomic
+from tdkstain.plumbing.errors import TdkstainError
 from tdkstain.synth.tissue import (
     CELL_TYPES,
     HER2_LABELS,
@@ -149,6 +149,86 @@ def _synth_files(root: Path) -> list[Path]:
     return found
 
 
+def _check_dataset_arguments(
+    pairs: int, size: int, seed: int, misregister: float, test_fraction: float, workers: int
+) -> None:
+    if not isinstance(pairs, (int, np.integer)) or pairs < 1:
+        raise TdkstainError(f"--pairs must be a positive integer, got {pairs!r}")
+    if not 0.0 <= test_fraction <= 1.0:
+        raise TdkstainError(f"--test-fraction must lie in [0, 1], got {test_fraction!r}")
+    if not isinstance(size, (int, np.integer)) or size < 32:
+        raise TdkstainError(f"--size must be an integer >= 32 px, got {size!r}")
+    if not (misregister >= 0 and math.isfinite(misregister)):
+        raise TdkstainError(f"--misregister must be a finite number of pixels >= 0, got {misregister!r}")
+    if seed < 0:
+        raise TdkstainError(f"--seed must be >= 0, got {seed}")
+    if workers < 1:
+        raise TdkstainError(f"--workers must be >= 1, got {workers}")
+
+
+def _check_output_folder(out: Path, force: bool) -> None:
+    """Refuse a folder that holds anything but a previous synth output, unless ``force``."""
+    if out.exists() and not out.is_dir():
+        raise TdkstainError(f"{out} exists and is not a folder; choose a folder for the synthetic dataset")
+    if out.is_dir() and any(out.iterdir()) and not (out / "synth.json").is_file() and not force:
+        raise TdkstainError(
+            f"{out} is not empty and holds no synth.json (not a previous 'tdkstain synth' output); "
+            "choose an empty or new folder, or pass --force to write into it anyway"
+        )
+
+
+def _remove_stale_pairs(out: Path, jobs: Sequence[_PairJob]) -> None:
+    """A smaller rerun must not leave pairs of the old run behind."""
+    wanted = {f"{j.split}_{kind}/{j.stem}{suffix}" for j in jobs for kind, suffix in (("HE", ".png"), ("IHC", ".png"), ("truth", ".json"), ("truth", "_membrane.png"))}
+    stale = [p for p in _synth_files(out) if f"{p.parent.name}/{p.name}" not in wanted]
+    for path in stale:
+        path.unlink()
+
+
+def _dataset_parameters(
+    jobs: Sequence[_PairJob], pairs: int, size: int, seed: int, misregister: float, test_fraction: float, failures: Sequence[str]
+) -> dict:
+    """The contents of ``synth.json``: every parameter and the plan, less the ``complete`` flag."""
+    return {
+        "tool": "tdkstain synth",
+        "format": 1,
+        "pairs": int(pairs),
+        "size": int(size),
+        "seed": int(seed),
+        "misregister": float(misregister),
+        "test_fraction": float(test_fraction),
+        "failures": list(failures),
+        "mpp": {"default": MPP_20X, "scale-20x": MPP_20X, "scale-40x": MPP_40X},
+        "layout": "release: {split}_HE/STEM.png, {split}_IHC/STEM.png; truth: {split}_truth/STEM.json, STEM_membrane.png",
+        "reproduce": "tdkstain.synth.render_pair(seed, size, her2_score, failure=failure, misregister=misregister)",
+        "pairs_plan": [
+            {"stem": j.stem, "split": j.split, "her2": HER2_LABELS[j.her2], "failure": j.failure, "seed": j.seed}
+            for j in jobs
+        ],
+    }
+
+
+def _write_pairs(
+    jobs: Sequence[_PairJob], workers: int, summary: DatasetSummary, progress: Callable[[int], None] | None
+) -> None:
+    """Write every pair (in worker processes when ``workers`` > 1), counting each in ``summary``."""
+
+    def record(result: tuple[str, int, str]) -> None:
+        split, her2, failure = result
+        summary.scores[split][HER2_LABELS[her2]] += 1
+        summary.failures[failure] += 1
+        if progress is not None:
+            progress(1)
+
+    if workers == 1 or len(jobs) == 1:
+        for job in jobs:
+            record(_write_pair(job))
+    else:
+        with ProcessPoolExecutor(max_workers=int(workers)) as pool:
+            for result in pool.map(_write_pair, jobs, chunksize=max(1, len(jobs) // (8 * workers))):
+                record(result)
+
+
 def write_dataset(
     out: Path,
     pairs: int,
@@ -174,75 +254,25 @@ def write_dataset(
     ``progress`` is called with 1 after each pair.
     """
     out = Path(out)
-    if not isinstance(pairs, (int, np.integer)) or pairs < 1:
-        raise TdkstainError(f"--pairs must be a positive integer, got {pairs!r}")
-    if not 0.0 <= test_fraction <= 1.0:
-        raise TdkstainError(f"--test-fraction must lie in [0, 1], got {test_fraction!r}")
-    if not isinstance(size, (int, np.integer)) or size < 32:
-        raise TdkstainError(f"--size must be an integer >= 32 px, got {size!r}")
-    if not (misregister >= 0 and math.isfinite(misregister)):
-        raise TdkstainError(f"--misregister must be a finite number of pixels >= 0, got {misregister!r}")
-    if seed < 0:
-        raise TdkstainError(f"--seed must be >= 0, got {seed}")
-    if workers < 1:
-        raise TdkstainError(f"--workers must be >= 1, got {workers}")
+    _check_dataset_arguments(pairs, size, seed, misregister, test_fraction, workers)
     failures = parse_failures(failures)
-    if out.exists() and not out.is_dir():
-        raise TdkstainError(f"{out} exists and is not a folder; choose a folder for the synthetic dataset")
-    previous = out / "synth.json"
-    if out.is_dir() and any(out.iterdir()) and not previous.is_file() and not force:
-        raise TdkstainError(
-            f"{out} is not empty and holds no synth.json (not a previous 'tdkstain synth' output); "
-            "choose an empty or new folder, or pass --force to write into it anyway"
-        )
+    _check_output_folder(out, force)
     start = time.perf_counter()
     plan = plan_dataset(pairs, seed, test_fraction=test_fraction, failures=failures)
     jobs = [
         _PairJob(index, stem, split, her2, failure, pseed, int(seed), int(size), float(misregister), str(out))
         for index, stem, split, her2, failure, pseed in plan
     ]
-    wanted = {f"{j.split}_{kind}/{j.stem}{suffix}" for j in jobs for kind, suffix in (("HE", ".png"), ("IHC", ".png"), ("truth", ".json"), ("truth", "_membrane.png"))}
-    stale = [p for p in _synth_files(out) if f"{p.parent.name}/{p.name}" not in wanted]
-    for path in stale:  # a smaller rerun must not leave pairs of the old run behind
-        path.unlink()
-    parameters = {
-        "tool": "tdkstain synth",
-        "format": 1,
-        "pairs": int(pairs),
-        "size": int(size),
-        "seed": int(seed),
-        "misregister": float(misregister),
-        "test_fraction": float(test_fraction),
-        "failures": list(failures),
-        "mpp": {"default": MPP_20X, "scale-20x": MPP_20X, "scale-40x": MPP_40X},
-        "layout": "release: {split}_HE/STEM.png, {split}_IHC/STEM.png; truth: {split}_truth/STEM.json, STEM_membrane.png",
-        "reproduce": "tdkstain.synth.render_pair(seed, size, her2_score, failure=failure, misregister=misregister)",
-        "pairs_plan": [
-            {"stem": j.stem, "split": j.split, "her2": HER2_LABELS[j.her2], "failure": j.failure, "seed": j.seed}
-            for j in jobs
-        ],
-    }
+    _remove_stale_pairs(out, jobs)
+    parameters = _dataset_parameters(jobs, pairs, size, seed, misregister, test_fraction, failures)
+    previous = out / "synth.json"
     # written first as incomplete: an interrupted run is still recognised as ours and may be rerun
     write_text_atomic(previous, json.dumps({**parameters, "complete": False}, indent=1) + "\n")
 
     summary = DatasetSummary(root=out, pairs=int(pairs), train=0, test=0, size=int(size), seed=int(seed))
     summary.scores = {split: {label: 0 for label in HER2_LABELS} for split in _SPLITS}
     summary.failures = {name: 0 for name in failures}
-
-    def record(result: tuple[str, int, str]) -> None:
-        split, her2, failure = result
-        summary.scores[split][HER2_LABELS[her2]] += 1
-        summary.failures[failure] += 1
-        if progress is not None:
-            progress(1)
-
-    if workers == 1 or len(jobs) == 1:
-        for job in jobs:
-            record(_write_pair(job))
-    else:
-        with ProcessPoolExecutor(max_workers=int(workers)) as pool:
-            for result in pool.map(_write_pair, jobs, chunksize=max(1, len(jobs) // (8 * workers))):
-                record(result)
+    _write_pairs(jobs, workers, summary, progress)
     summary.train = sum(summary.scores["train"].values())
     summary.test = sum(summary.scores["test"].values())
     summary.seconds = time.perf_counter() - start
