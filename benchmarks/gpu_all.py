@@ -253,7 +253,9 @@ def case_train(case: dict, device, smoke: bool) -> dict:
     from tdkstain.training.config import load_config
     from tdkstain.methods import Runtime, create_method
 
-    cfg = load_config("tdkstain-paper")
+    # --smoke crops (32, 64 px) are below what the 3-scale discriminator takes (93 px with the release's
+    # padding 1): one scale there, the same code path.
+    cfg = load_config("tdkstain-paper", ["model.num_d=1"] if smoke else [])
     crop, batch_size = case["crop"], case["batch"]
     objective = create_method(cfg, steps_per_epoch=1000)
     nets = objective.build_networks(0)
