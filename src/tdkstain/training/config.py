@@ -274,6 +274,8 @@ def migrate_baseline_section(data: dict[str, Any], source: str, saved: bool = Fa
     data["options"] = {**{k: v for k, v in baseline.items() if k in fields}, **options}
     moved = sorted(k for k in baseline if k in fields)
     left = sorted(k for k in baseline if k not in fields)
+    if saved and not moved:
+        return data, []  # a saved config of a method without options: nothing the user set is involved
     note = (f"{source}: section 'baseline:' is now 'options:' (the settings of method {method}); "
             f"read {', '.join(moved) or 'no key'} from it")
     if left and not saved:  # a saved config lists every key of the old section: only the user's own are news
