@@ -36,42 +36,13 @@ from tdkstain.slides import (  # noqa: E402
 )
 from tdkstain.slides.tissue import tiles_touching  # noqa: E402
 from tdkstain.slides.writer import halve  # noqa: E402
-from conftest import EXAMPLES, OFFICIAL
+from conftest import EXAMPLES, OFFICIAL, he_like, write_test_slide
 
 REPO = Path(__file__).resolve().parents[1]
 CMU_SVS = EXAMPLES / "he_cmu_small_region.svs"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def he_like(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """White glass with pink/purple textured tissue in an ellipse over the left two thirds.
-
-    Returns ``(height, width, 3)`` uint8 and the ``(height, width)`` bool tissue truth.
-    """
-    rng = np.random.default_rng(seed)
-    image = np.clip(rng.normal(244, 3, (height, width, 3)), 0, 255)
-    yy, xx = np.mgrid[:height, :width]
-    tissue = ((yy - height * 0.5) / (height * 0.4)) ** 2 + ((xx - width * 0.35) / (width * 0.3)) ** 2 < 1
-    texture = rng.random((height // 8 + 1, width // 8 + 1)).repeat(8, 0).repeat(8, 1)[:height, :width]
-    pink = np.array([225, 140, 190]) * (1 - texture[..., None]) + np.array([110, 60, 150]) * texture[..., None]
-    image[tissue] = pink[tissue] + rng.normal(0, 4, (int(tissue.sum()), 3))
-    return np.clip(image, 0, 255).astype(np.uint8), tissue
-
-
-def write_test_slide(path: Path, image: np.ndarray, mpp: float | None, levels: int = 3) -> Path:
-    """A generic tiled pyramidal TIFF written with tifffile alone (not our writer), level k = level 0 / 2**k."""
-    with tifffile.TiffWriter(path) as tiff:
-        level = image
-        for k in range(levels):
-            kwargs = {}
-            if mpp is not None:
-                kwargs = dict(resolution=(1e4 / (mpp * 2**k),) * 2, resolutionunit="CENTIMETER")
-            tiff.write(level, tile=(128, 128), photometric="rgb", compression="zlib", subfiletype=1 if k else 0,
-                       metadata=None, **kwargs)
-            level = np.asarray(Image.fromarray(level).reduce(2))
-    return path
 
 
 def tiny_generator(seed: int = 0) -> ResnetGenerator:

@@ -82,6 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality 1-100 (default 90)")
     output.add_argument("--tiff-tile", type=int, default=256, help="TIFF tile side, a multiple of 16 (default 256)")
     output.add_argument("--thumbnail-size", type=int, default=1024, help="longer side of the thumbnail PNG (default 1024)")
+    output.add_argument("--force", action="store_true",
+                        help="replace an existing --out file that is not a slide stained by tdkstain (refused otherwise)")
     output.add_argument("--keep-work", action="store_true",
                         help="keep OUT.tif.partial/ (stained tiles) after success, e.g. to re-encode with another quality")
     parser.add_argument("--io-workers", type=int, default=None,
@@ -100,9 +102,9 @@ def run(args: argparse.Namespace) -> int:
     from tdkstain.slides.pipeline import check_output_path
 
     out = Path(args.out)
-    check_output_path(out)  # before loading the model: fail fast on a bad output path
-    if args.mpp is not None and not args.mpp > 0:
-        raise TdkstainError(f"--mpp must be a positive number of microns per pixel, got {args.mpp}")
+    check_output_path(out, args.force)  # before loading the model: fail fast on a bad output path
+    if args.mpp is not None and not 0.01 <= args.mpp <= 1000:
+        raise TdkstainError(f"--mpp must be microns per pixel between 0.01 and 1000 (0.25 at 40x, 0.5 at 20x), got {args.mpp}")
     checkpoint = Path(args.checkpoint)
     weights = find_generator_weights(checkpoint) if checkpoint.is_dir() else checkpoint
     stainer, card = stainer_from_args(args, checkpoint, stat_passes=args.stat_passes)
@@ -124,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
         jpeg_quality=args.jpeg_quality,
         thumbnail_size=args.thumbnail_size,
         keep_work=args.keep_work,
-        **({} if args.io_workers is None else {"io_workers": max(1, args.io_workers)}),
+        force=args.force,
+        **({} if args.io_workers is None else {"io_workers": args.io_workers}),
     )
     print(f"tdkstain slide: {stainer}", file=sys.stderr)
     result = stain_slide(

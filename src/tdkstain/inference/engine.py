@@ -17,6 +17,7 @@ from torch import nn
 
 from tdkstain.plumbing.devices import resolve_device
 from tdkstain.plumbing.errors import TdkstainError
+from tdkstain.plumbing.limits import MAX_TILE_SIDE, check_number
 from tdkstain.inference.norm import (
     ConsistentInstanceNorm,
     NormStats,
@@ -162,6 +163,14 @@ class Stainer:
         if norm not in NORM_MODES:
             raise TdkstainError(f"norm must be one of {', '.join(NORM_MODES)}, got {norm!r}")
         self.align = downsampling_factor(generator)
+        # Bounds before anything is allocated (tdkstain.plumbing.limits): a tile of 10^6 px or a batch of
+        # 10^6 tiles would exhaust memory long before failing on its own.
+        check_number("tile", tile, 1, MAX_TILE_SIDE, integer=True, hint="a tile side in pixels such as 512 or 1024")
+        check_number("overlap", overlap, 0, MAX_TILE_SIDE, integer=True)
+        check_number("batch", batch, 1, 1024, integer=True, hint="tiles per forward pass, e.g. 4")
+        check_number("stat_tiles", stat_tiles, 1, 4096, integer=True)
+        check_number("kernel_radius", kernel_radius, 0, 64, integer=True)
+        check_number("stat_passes", stat_passes, 1, 16, integer=True)
         if tile < self.align or tile % self.align:
             raise TdkstainError(f"tile {tile} must be a positive multiple of {self.align} (the generator downsamples by {self.align})")
         if not 0 <= overlap < tile or overlap % self.align:

@@ -83,12 +83,15 @@ from tdkstain import __version__
 from tdkstain.inference import NormStats, Stainer, TileGrid, TilePosition, combine_stats
 from tdkstain.plumbing.atomic import atomic_path, write_text_atomic
 from tdkstain.plumbing.errors import TdkstainError
+from tdkstain.plumbing.limits import check_number
 from tdkstain.slides.reader import MPP_TOLERANCE, Slide, SlideAtMpp, read_thumbnail
 from tdkstain.slides.tissue import tiles_touching, tissue_mask
 from tdkstain.slides.writer import PyramidInfo, write_pyramid_tiff
 
 #: Chunks of tiles queued between the reader thread, the model and the writer thread.
 QUEUE_DEPTH = 2
+# Level pixels per side one tile may read before resampling (8192^2 RGBA: 256 MB).
+MAX_SOURCE_SIDE = 8192
 #: Bump when the layout or meaning of the work folder changes, so old work is not reused.
 WORK_FORMAT = 1
 
@@ -120,6 +123,7 @@ class SlideOptions:
         jpeg_quality: 1..100.
         thumbnail_size: longer side of the output thumbnail PNG.
         keep_work: keep the work folder after success.
+        force: replace an existing ``out`` that is not a slide stained by tdkstain.
         io_workers: threads reading slide tiles, and threads encoding stained tiles
             (default: up to 4, by CPU count), so the model does not wait on I/O.
     """
@@ -135,6 +139,19 @@ class SlideOptions:
     thumbnail_size: int = 1024
     keep_work: bool = False
     io_workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        # Bounds on what the options make tdkstain allocate (tdkstain.plumbing.limits).
+        check_number("--tiff-tile", self.tiff_tile, 16, 4096, integer=True)
+        if self.tiff_tile % 16:
+            raise TdkstainError(f"--tiff-tile {self.tiff_tile} must be a multiple of 16 (the TIFF standard's tiles)")
+        check_number("--jpeg-quality", self.jpeg_quality, 1, 100, integer=True)
+        check_number("--thumbnail-size", self.thumbnail_size, 16, 16384, integer=True)
+        check_number("tissue_thumbnail_size", self.tissue_thumbnail_size, 64, 16384, integer=True)
+        check_number("--io-workers", self.io_workers, 1, 64, integer=True)
+        if self.mpp is not None:
+            check_number("--mpp", self.mpp, 0.01, 1000, hint="microns per pixel: 0.25 at 40x, 0.5 at 20x")
 
 
 @dataclass
@@ -178,6 +195,13 @@ class _Plan:
 def _plan(slide: Slide, stainer: Stainer, target_mpp: float, options: SlideOptions, log: Callable[[str], None]) -> _Plan:
     view = SlideAtMpp(slide, target_mpp, MPP_TOLERANCE)
     width, height = view.width, view.height
+    source_side = stainer.tile * max(view.choice.scale, 1.0)
+    if source_side > MAX_SOURCE_SIDE:  # each tile reads this many level pixels per side before resampling
+        raise TdkstainError(
+            f"{slide.path}: a {stainer.tile} px tile at {view.mpp:.4g} um/px reads {source_side:.0f} px per side of level "
+            f"{view.choice.level}; use --tile {max(stainer.align, int(MAX_SOURCE_SIDE // view.choice.scale) // stainer.align * stainer.align)} "
+            "or a --mpp closer to the slide's levels"
+        )
     align = stainer.align
     canvas_height = int(math.ceil(height / align) * align)
     canvas_width = int(math.ceil(width / align) * align)
@@ -511,8 +535,24 @@ def _assembled_bands(plan: _Plan, work: Path, margin: int, band_rows: int, worke
 # --------------------------------------------------------------------------- the whole job
 
 
-def check_output_path(out: Path) -> None:
-    """Fail early (TdkstainError) when ``out`` is not a .tif/.tiff that can be written."""
+OUTPUT_SIGNATURE = "virtual HER2 IHC of "  # in the ImageDescription of every slide tdkstain writes
+
+
+def is_stained_slide(path: Path) -> bool:
+    """True when ``path`` is a pyramidal TIFF that tdkstain slide wrote (its level-0 description says so)."""
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            description = tif.pages[0].description or ""
+    except Exception:  # not a TIFF, damaged, unreadable: not ours
+        return False
+    return description.startswith("tdkstain ") and OUTPUT_SIGNATURE in description
+
+
+def check_output_path(out: Path, force: bool = False) -> None:
+    """Fail early (TdkstainError) when ``out`` is not a .tif/.tiff that can be written, or is a file
+    that tdkstain did not write and ``force`` is not given (nothing is replaced silently)."""
     if out.suffix.lower() not in (".tif", ".tiff"):
         raise TdkstainError(f"{out}: the output must be a .tif or .tiff file")
     folder = out.parent if str(out.parent) else Path(".")
@@ -523,6 +563,10 @@ def check_output_path(out: Path) -> None:
         raise TdkstainError(f"{out}: cannot write to the folder {folder} (not writable); choose another --out")
     if out.is_dir():
         raise TdkstainError(f"{out}: is a folder; pass a file name such as {out / 'slide.tif'}")
+    if out.exists() and not force and not is_stained_slide(out):
+        raise TdkstainError(
+            f"{out}: exists and is not a slide stained by tdkstain; pass --force to replace it, or choose another --out"
+        )
 
 
 def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
@@ -713,7 +757,7 @@ def stain_slide(
     """
     started = time.perf_counter()
     out = Path(out)
-    check_output_path(out)
+    check_output_path(out, options.force)
     target_mpp = _target_mpp(options, model_mpp)
     timings: dict[str, float] = {}
     with Slide(slide_path, backend=options.backend, slide_mpp=options.slide_mpp) as slide:

@@ -27,10 +27,17 @@ import numpy as np
 from PIL import Image
 
 from tdkstain.plumbing.errors import TdkstainError
+from tdkstain.plumbing.limits import check_pixels
 
 #: Relative mismatch between a level's and the target's microns per pixel under which the
 #: level is used without resampling (see the module docstring).
 MPP_TOLERANCE = 0.025
+#: Level pixels per output pixel beyond which a target is refused: coarser than the slide's coarsest
+#: level by more than this, a "stain" is a thumbnail, and each tile would read a huge region.
+MAX_DOWNSCALE = 32.0
+#: Output pixels per level pixel beyond which a target is refused: finer than the scan by more than
+#: this, the output is invented detail, and its size explodes.
+MAX_UPSCALE = 4.0
 
 BACKENDS = ("auto", "openslide", "tiffslide")
 
@@ -100,17 +107,34 @@ class Slide:
         if not self.path.is_file():
             raise TdkstainError(f"{self.path}: no such slide file")
         self._handle, self.backend = _open_backend(self.path, backend)
-        self.level_dimensions: tuple[tuple[int, int], ...] = tuple(
-            (int(w), int(h)) for w, h in self._handle.level_dimensions
-        )
-        self.level_downsamples: tuple[float, ...] = tuple(float(d) for d in self._handle.level_downsamples)
-        self.vendor = self._property("vendor")
+        try:  # backends parse lazily: a truncated header shows only here
+            self.level_dimensions: tuple[tuple[int, int], ...] = tuple(
+                (int(w), int(h)) for w, h in self._handle.level_dimensions
+            )
+            self.level_downsamples: tuple[float, ...] = tuple(float(d) for d in self._handle.level_downsamples)
+            self.vendor = self._property("vendor")
+        except Exception as err:
+            raise TdkstainError(
+                f"{self.path}: cannot read its pyramid ({self.backend}: {type(err).__name__}: "
+                f"{str(err).splitlines()[0][:200] if str(err) else 'no detail'}); the file is probably truncated or "
+                "damaged: copy it again from its source"
+            ) from None
+        self._check_levels()
         if slide_mpp is not None:
-            if not (slide_mpp > 0 and math.isfinite(slide_mpp)):
-                raise TdkstainError(f"--slide-mpp must be a positive number of microns per pixel, got {slide_mpp}")
+            if not (0.01 <= slide_mpp <= 1000 and math.isfinite(slide_mpp)):
+                raise TdkstainError(f"--slide-mpp must be microns per pixel between 0.01 and 1000 (0.25 at 40x, 0.5 at 20x), got {slide_mpp}")
             self.mpp: float | None = float(slide_mpp)
         else:
             self.mpp = self._metadata_mpp()
+
+    def _check_levels(self) -> None:
+        """The pyramid the file declares, checked before anything is planned from it."""
+        if not self.level_dimensions or len(self.level_dimensions) != len(self.level_downsamples):
+            raise TdkstainError(f"{self.path}: the file declares no consistent pyramid levels; it is damaged")
+        for level, ((width, height), downsample) in enumerate(zip(self.level_dimensions, self.level_downsamples)):
+            check_pixels(f"{self.path}: level {level}", height, width, hint="the file's header is damaged")
+            if not (math.isfinite(downsample) and downsample >= 1.0 - 1e-6) or (level == 0 and abs(downsample - 1) > 1e-6):
+                raise TdkstainError(f"{self.path}: level {level} declares a downsample of {downsample}; the file is damaged")
 
     def _property(self, name: str) -> Any:
         prefix = "openslide" if self.backend == "openslide" else "tiffslide"
@@ -124,7 +148,8 @@ class Slide:
                 value = float(value) if value is not None else None
             except (TypeError, ValueError):
                 value = None
-            if value is not None and value > 0 and math.isfinite(value):
+            # A scan is 0.05-50 um/px; anything else in the metadata is noise, read as "not recorded".
+            if value is not None and 0.01 <= value <= 1000 and math.isfinite(value):
                 values.append(value)
         return float(np.mean(values)) if values else None
 
@@ -152,8 +177,19 @@ class Slide:
         downsample = self.level_downsamples[level]
         # Both backends take the location in level-0 pixels and the size in level pixels.
         location = (int(round(x0 * downsample)), int(round(y0 * downsample)))
-        region = self._handle.read_region(location, level, (x1 - x0, y1 - y0))
-        out[y0 - y : y1 - y, x0 - x : x1 - x] = _to_rgb_on_white(region)
+        try:
+            region = self._handle.read_region(location, level, (x1 - x0, y1 - y0))
+            pixels = _to_rgb_on_white(region)
+        except Exception as err:  # truncated files, missing tiles, codec errors: each backend has its own types
+            raise TdkstainError(
+                f"{self.path}: cannot read level {level} at x={x0}, y={y0} ({x1 - x0}x{y1 - y0} px): "
+                f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else 'no detail'}. "
+                "The file is probably truncated or damaged: copy it again from its source"
+            ) from None
+        if pixels.shape[:2] != (y1 - y0, x1 - x0):
+            raise TdkstainError(f"{self.path}: level {level} returned {pixels.shape[1]}x{pixels.shape[0]} px where "
+                                f"{x1 - x0}x{y1 - y0} were asked; the file is damaged")
+        out[y0 - y : y1 - y, x0 - x : x1 - x] = pixels
         return out
 
     def close(self) -> None:
@@ -199,6 +235,18 @@ def choose_level(slide: Slide, target_mpp: float, tolerance: float = MPP_TOLERAN
     fine_enough = [k for k, m in enumerate(level_mpps) if m <= target_mpp * (1 + tolerance)]
     level = max(fine_enough, key=lambda k: level_mpps[k]) if fine_enough else 0
     scale = target_mpp / level_mpps[level]
+    if scale > MAX_DOWNSCALE:
+        raise TdkstainError(
+            f"{slide.path}: staining at {target_mpp:g} um/px is {scale:.0f}x coarser than the slide's coarsest level "
+            f"({level_mpps[level]:.4g} um/px), beyond {MAX_DOWNSCALE:g}x; give the resolution the model was trained "
+            "at (--mpp, typically 0.25-2 um/px)"
+        )
+    if scale < 1 / MAX_UPSCALE:
+        raise TdkstainError(
+            f"{slide.path}: staining at {target_mpp:g} um/px is {1 / scale:.0f}x finer than the slide's finest level "
+            f"({level_mpps[level]:.4g} um/px), beyond {MAX_UPSCALE:g}x; give the resolution the model was trained at "
+            "(--mpp), or check --slide-mpp"
+        )
     if abs(scale - 1.0) <= tolerance:
         return LevelChoice(level=level, scale=1.0, mpp=level_mpps[level])
     return LevelChoice(level=level, scale=scale, mpp=target_mpp)
@@ -224,6 +272,8 @@ class SlideAtMpp:
         self.width = max(1, int(round(level_width / self.choice.scale)))
         self.height = max(1, int(round(level_height / self.choice.scale)))
         self.mpp = self.choice.mpp
+        check_pixels(f"{slide.path} at {self.mpp:.4g} um/px", self.height, self.width,
+                     hint="stain at the model's resolution (--mpp) or a region of the slide")
 
     def read(self, x: int, y: int, width: int, height: int) -> np.ndarray:
         """``(height, width, 3)`` uint8 RGB of output pixels ``[y, y+height) x [x, x+width)``; white outside.
