@@ -52,10 +52,11 @@ def run(args: argparse.Namespace) -> int:
     from tdkstain.workflows.table1 import run_benchmark
     from tdkstain.evaluation import EvaluationOptions
 
-    if args.steps is not None and args.steps < 1:
-        from tdkstain.plumbing.errors import TdkstainError
+    from tdkstain.plumbing.limits import check_number
 
-        raise TdkstainError(f"--steps {args.steps}: give at least 1 training step per method")
+    if args.steps is not None:
+        check_number("--steps", args.steps, 1, None, integer=True, hint="give at least 1 training step per method")
+    check_number("--workers", args.workers, 1, 256, integer=True, hint="processes for the per-tile analyses")
     options = EvaluationOptions(
         fid=not args.no_fid,
         perceptual=not args.no_perceptual,

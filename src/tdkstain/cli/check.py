@@ -16,13 +16,16 @@ and reports ALL problems in one run, each with its file:
 
   missing_ihc / missing_he   an image without its partner
   size_mismatch              partners of different pixel sizes
-  unreadable                 empty, truncated, corrupt, or not an image
+  unreadable                 cannot be read (permission denied, a broken link, a
+                             pipe), empty, truncated, corrupt, or not an image;
+                             or a folder that cannot be listed
   duplicate_stem             two files that would be the same pair (a.png, a.jpg)
   odd_label / missing_label  a BCI-style name without a valid HER2 score
   bad_label / manifest / missing_file   problems in a CSV manifest
 
 It also prints pairs and HER2 labels per split, the image sizes seen, and
 notes on conversions that lose information (e.g. 16-bit images read as 8-bit).
+A file that cannot be read is listed with the others; the check goes on.
 
 Exit status: 0 when no problem was found, 1 when some were, 2 when the
 dataset could not be read at all (no layout, unreadable manifest).
@@ -49,15 +52,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="accept manifest paths that are absolute or leave the CSV's folder (default: refuse)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="threads decoding images (default: min(8, CPU count))")
-    parser.add_argument("--max-pixels", type=int, default=None, metavar="N",
-                        help="largest image accepted, in pixels, a guard against decompression bombs "
-                             "(default: 178956970, Pillow's limit, about 13400 x 13400)")
+    from tdkstain.cli import add_max_pixels_argument
+
+    add_max_pixels_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from tdkstain.data.images import DEFAULT_MAX_PIXELS
+    from tdkstain.cli import max_pixels
     from tdkstain.data.pairs import check_dataset
 
     report = check_dataset(
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         manifest=args.manifest,
         split=args.split,
         allow_outside=args.allow_outside,
-        max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
+        max_pixels=max_pixels(args),
         workers=args.workers,
         progress=not args.quiet,
     )

@@ -90,6 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_group.add_argument("--no-report", action="store_true",
                            help="do not write the quality report extraction_report/index.html")
     run_group.add_argument("--quiet", action="store_true", help="no progress bar")
+    from tdkstain.cli import add_max_pixels_argument
+
+    add_max_pixels_argument(run_group)
 
 
 def build_params(args: argparse.Namespace, stored: dict | None = None):
@@ -135,6 +138,7 @@ def build_params(args: argparse.Namespace, stored: dict | None = None):
 
 
 def run(args: argparse.Namespace) -> int:
+    from tdkstain.cli import max_pixels
     from tdkstain.knowledge import extraction
     from tdkstain.plumbing.errors import TdkstainError
     from tdkstain.data.pairs import detect_layout
@@ -156,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         calibrate_sample=args.calibrate_tiles if args.calibrate else None,
         report=not args.no_report,
         engine=args.engine,
+        max_pixels=max_pixels(args),
     )
     print(summary.describe())
     if summary.calibration and args.calibrate:

@@ -73,7 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--workers", type=int, default=2, help="threads that decode and write images beside the model (default: 2)")
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs (default: skip them)")
-    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable inputs and list them at the end (default: stop at the first)")
+    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable inputs (corrupt, too large, permission denied, a broken link or a pipe) and list them at the end (default: stop at the first)")
+    from tdkstain.cli import add_max_pixels_argument
+
+    add_max_pixels_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -82,27 +85,72 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 COMPILE_MIN_PASSES = 16
 
 
+def _folder_images(folder: Path, recursive: bool) -> list[Path]:
+    """Image files in ``folder`` (and, when ``recursive``, its subfolders; links to folders are not followed).
+
+    Hidden entries are left out. An entry with an image suffix counts whatever
+    it is (a broken link, a pipe), so that reading it says what is wrong
+    instead of it vanishing. A folder that cannot be listed is an error naming it.
+    """
+    import os
+
+    from tdkstain.plumbing.atomic import read_error
+
+    files: list[Path] = []
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        try:
+            with os.scandir(current) as it:
+                entries = list(it)
+        except OSError as err:
+            raise read_error(current, err, folder=True) from err
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            if os.path.isdir(path):
+                if recursive and not entry.is_symlink():
+                    pending.append(path)
+            elif path.suffix.lower() in _IMAGE_SUFFIXES:
+                files.append(path)
+    return sorted(files)
+
+
+def _named_path_exists(path: Path) -> bool:
+    """False only when nothing is there: a path that cannot be looked at (permission denied) is kept for the reader to word."""
+    import os
+
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def collect_inputs(inputs: list[Path], recursive: bool) -> list[tuple[Path, Path]]:
     """``(input file, output path relative to OUT)`` for every image named or found in a folder.
 
-    Raises TdkstainError for a missing input, an empty folder, or two
-    inputs that would write the same output.
+    Raises TdkstainError for a missing input, an empty folder, a folder that
+    cannot be listed, or two inputs that would write the same output. A named
+    path that is no regular file (a broken link, a pipe) is kept: reading it
+    reports what is wrong, and ``--skip-bad`` skips it like any unreadable image.
     """
+    import os
+
     from tdkstain.plumbing.errors import TdkstainError
 
     found: list[tuple[Path, Path]] = []
     for item in inputs:
-        if item.is_dir():
-            pattern = "**/*" if recursive else "*"
-            files = sorted(
-                p for p in item.glob(pattern)
-                if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(item).parts)
-            )
+        if os.path.isdir(item):
+            files = _folder_images(item, recursive)
             if not files:
                 hint = "" if recursive else " (pass --recursive to look into subfolders)"
                 raise TdkstainError(f"{item}: no image files ({', '.join(_IMAGE_SUFFIXES)}) in this folder{hint}")
             found += [(p, p.relative_to(item).with_suffix(".png")) for p in files]
-        elif item.is_file():
+        elif _named_path_exists(item):
             found.append((item, Path(item.stem + ".png")))
         else:
             raise TdkstainError(f"{item}: no such file or folder")
@@ -154,26 +202,33 @@ def _stain_images(args: argparse.Namespace, stainer: Any, todo: list[tuple[Path,
     """Stain each ``(input, output)`` in order; returns the count stained and a line per unreadable input skipped."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from tdkstain.cli import max_pixels
     from tdkstain.data.images import read_rgb_with_notes, write_png
     from tdkstain.plumbing.errors import TdkstainError
+
+    limit = max_pixels(args)
+
+    def read(src: Path) -> tuple[Any, list[str]]:
+        return read_rgb_with_notes(src, max_pixels=limit)
 
     bad: list[str] = []
     done = 0
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
         # decode ahead of the model, a bounded number of images at a time
         window = args.workers + 1
-        pending = [pool.submit(read_rgb_with_notes, src) for src, _ in todo[:window]]
+        pending = [pool.submit(read, src) for src, _ in todo[:window]]
         writes = []
         for i, (src, dst) in enumerate(todo):
             future = pending.pop(0)
             if i + window < len(todo):
-                pending.append(pool.submit(read_rgb_with_notes, todo[i + window][0]))
+                pending.append(pool.submit(read, todo[i + window][0]))
             try:
                 he, notes = future.result()
             except TdkstainError as err:
                 if not args.skip_bad:
                     raise TdkstainError(f"{err} (pass --skip-bad to skip unreadable inputs)") from err
-                bad.append(f"{src}: {err}")
+                message = str(err)
+                bad.append(message if message.startswith(str(src)) else f"{src}: {message}")
                 bar.update(1)
                 continue
             for note in notes:
@@ -218,6 +273,8 @@ def run(args: argparse.Namespace) -> int:
     if skipped_existing:
         summary += f"; skipped {skipped_existing} existing (pass --force to redo)"
     if bad:
-        summary += f"; skipped {len(bad)} unreadable:\n  " + "\n  ".join(bad)
+        from tdkstain.plumbing.atomic import display_name
+
+        summary += f"; skipped {len(bad)} unreadable:\n  " + "\n  ".join(display_name(line) for line in bad)
     print(summary)
     return 0

@@ -24,7 +24,13 @@ Choices, and why:
   here rather than a grey band in a training batch. Pillow's
   ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left at its default, False.
 - A pixel limit (``max_pixels``) guards against decompression bombs; the
-  error says how to raise it.
+  error says how to raise it (``--max-pixels`` of the commands that read
+  the user's images: check, extract, translate, evaluate).
+- A file that cannot be *read* (permission denied, an I/O error, a symbolic
+  link loop or a dangling link, a named pipe or device given as an image) is
+  a :class:`TdkstainError` saying so ("cannot read it (permission denied)"),
+  never an ``OSError`` that a caller could mistake for a failed write. Pipes
+  and devices are refused before they are opened, so a FIFO cannot block.
 
 Writing (:func:`write_image`) is atomic through :func:`tdkstain.plumbing.atomic.atomic_path`:
 uint8 images as PNG, float maps as TIFF.
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 import warnings
 from pathlib import Path
@@ -43,7 +50,7 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from tdkstain.plumbing.atomic import atomic_path
+from tdkstain.plumbing.atomic import atomic_path, read_error
 from tdkstain.plumbing.errors import TdkstainError
 
 __all__ = [
@@ -190,20 +197,22 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         TdkstainError: missing, empty or unrecognised file (named in the message).
     """
     path = Path(path)
-    _check_file(path)
-    if _is_tiff(path):
+    with _reading(path):
+        _check_file(path)
+        if _is_tiff(path):
+            try:
+                with tifffile.TiffFile(path) as tif:
+                    page = tif.pages[0]
+                    return int(page.imagelength), int(page.imagewidth)
+            except Exception:  # noqa: BLE001 - fall through to Pillow, which names the failure
+                pass
         try:
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                return int(page.imagelength), int(page.imagewidth)
-        except Exception:  # noqa: BLE001 - fall through to Pillow, which names the failure
-            pass
-    try:
-        with _pillow_limit_lifted():
-            with Image.open(path, formats=_PILLOW_FORMATS) as img:
-                width, height = img.size
-    except Exception as err:  # noqa: BLE001 - any decoder failure means "not a readable image"
-        raise _not_an_image(path, err) from err
+            with _pillow_limit_lifted():
+                with Image.open(path, formats=_PILLOW_FORMATS) as img:
+                    width, height = img.size
+        except Exception as err:  # noqa: BLE001 - any decoder failure means "not a readable image"
+            _raise_if_unreadable(path, err)
+            raise _not_an_image(path, err) from err
     return int(height), int(width)
 
 
@@ -277,12 +286,54 @@ def _pillow_limit_lifted() -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = saved
 
 
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Any ``OSError`` of the block (opening or reading ``path``) becomes a TdkstainError about reading it."""
+    try:
+        yield
+    except OSError as err:
+        raise read_error(path, err) from err
+
+
+def _raise_if_unreadable(path: Path, err: BaseException) -> None:
+    """Re-raise a decoder failure that was the file system's (errno set) as a read error, not "corrupt".
+
+    Pillow reports corrupt data as ``OSError`` too, but without an errno.
+    """
+    if isinstance(err, OSError) and err.errno is not None:
+        raise read_error(path, err) from err
+
+
+# What a path that is no regular file is, in words.
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
 def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise TdkstainError(f"{path}: no such file; check the path (and the dataset folder names).")
-    if not path.is_file():
-        raise TdkstainError(f"{path}: is not a file (a folder?); expected an image file.")
-    if path.stat().st_size == 0:
+    """Refuse what is not a readable, non-empty regular file, before opening it (a FIFO would block)."""
+    try:
+        info = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        if os.path.islink(path):
+            raise TdkstainError(
+                f"{path}: a symbolic link to {os.readlink(path)}, which does not exist; fix or remove the link."
+            ) from None
+        raise TdkstainError(f"{path}: no such file; check the path (and the dataset folder names).") from None
+    except OSError as err:  # permission denied on a folder above it, a symbolic link loop, an I/O error
+        raise read_error(path, err) from err
+    if stat.S_ISDIR(info.st_mode):
+        raise TdkstainError(f"{path}: is a folder, not a file; expected an image file.")
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _SPECIAL_FILES if test(info.st_mode)), "not a regular file")
+        raise TdkstainError(
+            f"{path}: is {kind}, not a regular file; tdkstain reads images from files only. "
+            "Save the image to a file and pass that."
+        )
+    if info.st_size == 0:
         raise TdkstainError(
             f"{path}: the file is empty (0 bytes); an interrupted copy or download leaves such files. "
             "Copy it again or remove it."
@@ -306,12 +357,16 @@ def _not_an_image(path: Path, err: BaseException) -> TdkstainError:
     )
 
 
+# Where the pixel limit can be raised, for the messages below.
+_RAISE_LIMIT = ("--max-pixels {n} (tdkstain check, extract, translate and evaluate take it) or "
+                "max_pixels={n} in Python (tdkstain.data.images)")
+
+
 def _too_large(path: Path, height: int, width: int, max_pixels: int) -> TdkstainError:
     return TdkstainError(
         f"{path}: {width} x {height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} pixels "
         "(a guard against decompression bombs). If the image is genuine, raise the limit: "
-        "max_pixels=... in tdkstain.data.images, or --max-pixels on the command line; "
-        "or cut the image into tiles first."
+        f"{_RAISE_LIMIT.format(n=width * height)}; or cut the image into tiles first."
     )
 
 
@@ -323,13 +378,14 @@ def _load(path: Path, max_pixels: int) -> tuple[np.ndarray, list[str]]:
         (grey, grey+alpha, RGB, RGBA), dtype as stored (bool, uint8, uint16,
         int32, float32, float64); ``notes`` lists what was already lost.
     """
-    _check_file(path)
-    notes: list[str] = []
-    if _is_tiff(path):
-        array = _load_tiff(path, max_pixels, notes)
-        if array is not None:
-            return array, notes
-    return _load_pillow(path, max_pixels, notes), notes
+    with _reading(path):
+        _check_file(path)
+        notes: list[str] = []
+        if _is_tiff(path):
+            array = _load_tiff(path, max_pixels, notes)
+            if array is not None:
+                return array, notes
+        return _load_pillow(path, max_pixels, notes), notes
 
 
 def _load_tiff(path: Path, max_pixels: int, notes: list[str]) -> np.ndarray | None:
@@ -345,10 +401,11 @@ def _load_tiff(path: Path, max_pixels: int, notes: list[str]) -> np.ndarray | No
             # Samples and bit depth multiply the pixel count: cap the decoded
             # bytes at what max_pixels of 16-bit RGBA would take.
             if page.nbytes > 8 * max_pixels:
+                needed = -(-page.nbytes // 8)
                 raise TdkstainError(
                     f"{path}: decoding would take {page.nbytes:,} bytes ({page.samplesperpixel} samples of "
                     f"{page.dtype}), more than 8 bytes per pixel of the limit of {max_pixels:,} pixels; "
-                    "raise max_pixels (--max-pixels) if the image is genuine."
+                    f"if the image is genuine, raise the limit: {_RAISE_LIMIT.format(n=needed)}."
                 )
             array = page.asarray()
             axes = page.axes
@@ -419,6 +476,7 @@ def _load_pillow(path: Path, max_pixels: int, notes: list[str]) -> np.ndarray:
         with _pillow_limit_lifted():
             img = Image.open(path, formats=_PILLOW_FORMATS)
     except Exception as err:  # noqa: BLE001
+        _raise_if_unreadable(path, err)
         raise _not_an_image(path, err) from err
     with img:
         width, height = img.size
@@ -437,6 +495,7 @@ def _load_pillow(path: Path, max_pixels: int, notes: list[str]) -> np.ndarray:
         except MemoryError:
             raise
         except Exception as err:  # noqa: BLE001
+            _raise_if_unreadable(path, err)
             reason = str(err) or type(err).__name__
             raise TdkstainError(
                 f"{path}: the image data are truncated or corrupt ({reason}); "

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tdkstain.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
+from tdkstain.plumbing.atomic import display_name, read_error
 from tdkstain.plumbing.errors import TdkstainError
 
 __all__ = [
@@ -69,15 +70,18 @@ _MIST_DIR = re.compile(r"^(?P<split>.+)(?P<stain>[AB])$")
 _SCORE_LIKE = re.compile(r"^\d+\+$")
 
 # Problem kinds that make a dataset unusable as it stands: discover_pairs
-# refuses them (the others it skips with a warning).
-FATAL_KINDS = frozenset({"manifest", "missing_file", "duplicate_stem", "bad_label"})
+# refuses them (the others it skips with a warning). Listing finds only
+# folders "unreadable" (files are decoded by check_dataset alone): a split
+# folder that cannot be listed would silently lose every pair.
+FATAL_KINDS = frozenset({"manifest", "missing_file", "duplicate_stem", "bad_label", "unreadable"})
 
 # Every kind of problem check_dataset reports, with what it means.
 PROBLEM_KINDS = {
     "missing_ihc": "an H&E image without an IHC partner",
     "missing_he": "an IHC image without an H&E partner",
     "size_mismatch": "partners of different pixel sizes",
-    "unreadable": "a file that does not decode (empty, truncated, corrupt, not an image)",
+    "unreadable": "a file that cannot be read (permission denied, a broken link, a pipe) or does not decode "
+                  "(empty, truncated, corrupt, not an image), or a folder that cannot be listed",
     "duplicate_stem": "two files that would be the same pair (e.g. a.png and a.jpg in one folder)",
     "odd_label": "a file name whose HER2 score is not 0, 1+, 2+ or 3+",
     "missing_label": "a file name without a HER2 score in a dataset whose other names have one",
@@ -193,12 +197,17 @@ class CheckReport:
         for note, paths in grouped.items():
             lines.append(f"  note: {note}: {len(paths)} file(s), e.g. {_display(paths[0], lay.root)}")
         lines.append(f"  problems: {len(self.problems)}" if self.problems else "  no problems found")
-        return "\n".join(lines)
+        return "\n".join(display_name(line) for line in lines)
 
     def problem_lines(self) -> list[str]:
-        """One line per problem: kind, the file (relative to the root), what is wrong."""
+        """One line per problem: kind, the file (relative to the root), what is wrong.
+
+        Each is one line whatever the file names hold: a newline in a name is
+        shown as ``\\n``, bytes that are not UTF-8 as U+FFFD (``display_name``).
+        """
         width = max((len(p.kind) for p in self.problems), default=0)
-        return [f"{p.kind:<{width}}  {_display(p.path, self.layout.root)}: {p.message}" for p in self.problems]
+        return [display_name(f"{p.kind:<{width}}  {_display(p.path, self.layout.root)}: {p.message}")
+                for p in self.problems]
 
 
 # --------------------------------------------------------------------------- public API
@@ -247,10 +256,16 @@ def detect_layout(root: str | os.PathLike, *, manifest: str | os.PathLike | None
         manifest = _locate_manifest(Path(manifest), root)
         splits = sorted({row["split"] for row in _read_manifest_rows(manifest)[1]})
         return Layout("manifest", root, tuple(splits), (), manifest)
-    if not root.exists():
+    if not os.path.exists(root):
+        _check_stat(root)  # a symbolic link loop, a folder above it that cannot be entered
         raise TdkstainError(f"{root}: no such folder; pass the dataset folder (or a CSV manifest).")
-    if not root.is_dir():
+    if not os.path.isdir(root):
         raise TdkstainError(f"{root}: not a folder; pass the dataset folder, or a CSV manifest ending in .csv.")
+    try:
+        with os.scandir(root) as entries:
+            next(entries, None)
+    except OSError as err:  # e.g. no read permission: not "no layout found"
+        raise read_error(root, err, folder=True) from err
     found = [lay for lay in (_release_layout(root), _bci_layout(root), _mist_layout(root)) if lay is not None]
     if len(found) == 1:
         return found[0]
@@ -335,7 +350,10 @@ def discover_unpaired(
                 f"{layout.root}: no split '{split}' in this {layout.name} layout (splits: {', '.join(layout.splits) or 'none'})"
             )
         he_dir, ihc_dir = chosen[0]
-        he_files, ihc_files = _image_files(he_dir), _image_files(ihc_dir)
+        (he_files, he_error), (ihc_files, ihc_error) = _list_images(he_dir), _list_images(ihc_dir)
+        for folder, error in ((he_dir, he_error), (ihc_dir, ihc_error)):
+            if error is not None:
+                raise TdkstainError(f"{folder}: {error}")
         he_where, ihc_where = str(he_dir), str(ihc_dir)
     if not he_files:
         raise TdkstainError(f"{he_where}: no H&E images ({', '.join(IMAGE_SUFFIXES)}) to train on")
@@ -415,6 +433,8 @@ def _decode_files(
             rgb, file_notes = read_rgb_with_notes(path, max_pixels=max_pixels)
         except TdkstainError as err:
             return path, None, [], _strip_path(str(err), path)
+        except OSError as err:  # the reader words these itself; anything left is still this file's problem
+            return path, None, [], _strip_path(str(read_error(path, err)), path)
         return path, rgb.shape[:2], file_notes, None
 
     n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
@@ -465,19 +485,36 @@ def _size_mismatches(pairs: list[Pair], shapes: dict[Path, tuple[int, int]], roo
 
 def _subdirs(folder: Path) -> list[Path]:
     try:
-        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and os.path.isdir(p))
     except OSError:
         return []
 
 
 def _image_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-    )
+    """The image files of ``folder`` (none when it is missing or cannot be listed; see :func:`_list_images`)."""
+    return _list_images(folder)[0]
+
+
+def _list_images(folder: Path) -> tuple[list[Path], str | None]:
+    """``(files, why the folder cannot be listed or None)``: entries with an image suffix, sorted.
+
+    Every entry that is not a folder counts, regular file or not: a broken
+    symbolic link or a pipe named ``x.png`` is meant as an image, and
+    decoding it says what is wrong with it, rather than it vanishing and its
+    partner being reported as "without a partner".
+    """
+    if not os.path.isdir(folder):
+        return [], None
+    try:
+        names = os.listdir(folder)
+    except OSError as err:
+        return [], _strip_path(str(read_error(folder, err, folder=True)), folder)
+    files = [
+        folder / name
+        for name in names
+        if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES and not os.path.isdir(folder / name)
+    ]
+    return sorted(files), None
 
 
 def _release_layout(root: Path) -> Layout | None:
@@ -554,10 +591,17 @@ def _scan_folders(layout: Layout, split: str | None) -> tuple[list[Pair], list[P
     # stem -> file, per (split, stain); every split is listed so that labels
     # (and hence a pair's identity) do not depend on the split asked for.
     listed: dict[tuple[str, str], dict[str, Path]] = {}
+    # (split, stain) whose folder cannot be listed: its files are unknown, not missing.
+    unlisted: set[tuple[str, str]] = set()
     for s, he_dir, ihc_dir in layout.folders:
         for stain, folder in (("he", he_dir), ("ihc", ihc_dir)):
             by_stem: dict[str, Path] = {}
-            for f in _image_files(folder):
+            found, unlistable = _list_images(folder)
+            if unlistable is not None:
+                unlisted.add((s, stain))
+                if s == split or split is None:
+                    problems.append(Problem(folder, "unreadable", unlistable))
+            for f in found:
                 if f.stem in by_stem:
                     if s == split or split is None:
                         problems.append(
@@ -585,6 +629,8 @@ def _scan_folders(layout: Layout, split: str | None) -> tuple[list[Pair], list[P
             he, ihc = he_files.get(stem), ihc_files.get(stem)
             if he is not None and ihc is not None:
                 pairs.append(Pair(stem, he, ihc, s, labels.get(stem)))
+            elif (s, "ihc" if he is not None else "he") in unlisted:
+                pass  # the partner's folder could not be listed (reported once, above): not "no partner"
             elif he is not None:
                 problems.append(
                     Problem(he, "missing_ihc", f"no IHC partner (expected {_display(ihc_dir, layout.root)}/{stem}.*)")
@@ -699,9 +745,13 @@ def _scan_manifest(layout: Layout, split: str | None, allow_outside: bool) -> tu
             if reason:
                 problems.append(Problem(manifest, "manifest", f"{where}: {column} path {value!r} {reason}"))
                 continue
-            if not path.is_file():
+            if not _lexists(path):
                 problems.append(Problem(path, "missing_file", f"listed in {manifest.name} {where} ({column}) but not found"))
                 continue
+            if os.path.isdir(path):
+                problems.append(Problem(manifest, "manifest", f"{where}: {column} path {value!r} is a folder, not an image file"))
+                continue
+            # A file, or something that is not one (a broken link, a pipe): decoding names what is wrong.
             resolved[column] = path
         files += list(resolved.values())
         label: str | None = row["label"] or None
@@ -748,6 +798,28 @@ def _manifest_path(value: str, base: Path, allow_outside: bool) -> tuple[Path, s
         if not allow_outside:
             return raw, "leaves the CSV's folder ('..'); move the CSV up or allow paths outside it"
     return base / normal, ""
+
+
+def _lexists(path: Path) -> bool:
+    """True unless ``path`` surely does not exist: one that cannot be looked at (permission denied) is kept, so
+    that decoding reports *that*, not "not found"."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _check_stat(path: Path) -> None:
+    """Raise a read error when ``path`` cannot even be looked at (a symbolic link loop, permission denied)."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as err:
+        raise read_error(path, err) from err
 
 
 def _display(path: Path, root: Path) -> str:

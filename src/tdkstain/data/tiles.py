@@ -21,6 +21,10 @@ Randomness is a pure function of ``(seed, epoch, index)``: the sampler yields
 generator seeded with them. So the stream does not depend on worker
 processes or on where a run was interrupted, which is what makes resume
 exact.
+
+A bad tile is a :class:`TileError` naming the file, also when a DataLoader
+worker process meets it (``data.workers`` >= 1): the user sees one line,
+not torch's report of the worker's traceback.
 """
 
 from __future__ import annotations
@@ -38,6 +42,46 @@ from torch.utils.data.distributed import DistributedSampler
 from tdkstain.plumbing.errors import TdkstainError
 from tdkstain.data.images import read_float_map, read_gray, read_rgb
 from tdkstain.data.pairs import Pair, discover_pairs, discover_unpaired, knowledge_paths
+
+
+class TileError(TdkstainError):
+    """A bad training tile (unreadable, of the wrong size, ...); the message names the file.
+
+    Raised in a DataLoader worker, torch rebuilds the exception in the main
+    process from its class and one text: "Caught TileError in DataLoader
+    worker process 0. Original Traceback ..." followed by the worker's
+    traceback, whose last line is ``tdkstain.data.tiles.TileError: MESSAGE``.
+    Built from such a text, a TileError keeps MESSAGE alone.
+    """
+
+    def __init__(self, message: str = ""):
+        super().__init__(_original_message(str(message)))
+
+
+def _original_message(text: str) -> str:
+    """MESSAGE of a TileError from torch's worker report around it (see :class:`TileError`); else ``text``."""
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+        marker = f"\n{TileError.__module__}.{TileError.__qualname__}: "
+        at = text.rfind(marker)
+        if at >= 0:
+            return text[at + len(marker):].rstrip("\n")
+    return text
+
+
+def _as_tile_error(read):
+    """``read`` (a dataset's ``__getitem__``) raising every TdkstainError as a :class:`TileError`."""
+    import functools
+
+    @functools.wraps(read)
+    def wrapper(self, key):
+        try:
+            return read(self, key)
+        except TileError:
+            raise
+        except TdkstainError as err:
+            raise TileError(str(err)) from None
+
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -149,6 +193,7 @@ class AlignedTiles(Dataset):
                 )
         return images
 
+    @_as_tile_error
     def __getitem__(self, key: tuple[int, int] | int) -> dict[str, torch.Tensor]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         images = self.load(index)
@@ -222,6 +267,7 @@ class UnpairedTiles(Dataset):
             self._permutation = (epoch, np.random.default_rng([self.seed, epoch, 1, 1]).permutation(len(self.files.ihc)))
         return int(self._permutation[1][index % len(self.files.ihc)])
 
+    @_as_tile_error
     def __getitem__(self, key: tuple[int, int] | int) -> dict[str, torch.Tensor]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         he_path, ihc_path = self.files.he[index], self.files.ihc[self.ihc_index(epoch, index)]

@@ -41,6 +41,7 @@ from torch import nn
 from tdkstain.plumbing.atomic import atomic_path, write_text_atomic
 from tdkstain.plumbing.devices import resolve_device
 from tdkstain.plumbing.errors import TdkstainError
+from tdkstain.plumbing.limits import check_number
 from tdkstain.evaluation.pairing import HER2_LABELS, label_for, list_images, read_labels_csv
 from tdkstain.data.images import read_rgb
 from tdkstain.weights.files import search_folders
@@ -57,6 +58,10 @@ IMAGENET_FILES: dict[str, tuple[str, ...]] = {
 ARCHS = ("resnet50", "resnet18", "tiny")
 MODEL_FILE = "model.safetensors"
 CARD_FILE = "model.json"
+# Bounds of the settings (checked before any tile is read): tiles are kept in memory at SIZE x SIZE px.
+MAX_SIZE = 2048
+MAX_BATCH = 4096
+MAX_EPOCHS = 100_000
 
 
 # --------------------------------------------------------------------------- networks
@@ -150,7 +155,7 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
 
     if image.shape[0] == size and image.shape[1] == size:
-        return image
+        return image if image.flags.writeable else image.copy()  # torch.from_numpy warns on read-only arrays
     return np.array(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))  # writable copy
 
 
@@ -262,9 +267,11 @@ def train_classifier(
     """
     settings = settings or TrainSettings()
     log = log or (lambda message: print(message, file=sys.stderr))
-    if settings.epochs < 1 or settings.batch < 1 or settings.size < 32:
-        raise TdkstainError("--epochs and --batch must be >= 1 and --size >= 32")
+    check_settings(settings)
     items = labelled_images(images_dir, labels_csv)
+    if len(items) < 2:
+        raise TdkstainError(f"{images_dir}: {len(items)} labelled tile(s); training the classifier needs at least 2 "
+                            "(its batch norm layers need 2 tiles per batch)")
     counts = {c: sum(label == c for _, label in items) for c in CLASSES}
     torch.manual_seed(settings.seed)
     device = resolve_device(settings.device)
@@ -282,7 +289,8 @@ def train_classifier(
     started = time.perf_counter()
     history = _train_epochs(model, loader, optimiser, device, settings)
     data.augment = False
-    recalibrate_batchnorm(model, torch.utils.data.DataLoader(data, batch_size=settings.batch), device)
+    recalibrate_batchnorm(model, torch.utils.data.DataLoader(data, batch_sampler=batches_of(len(data), settings.batch)),
+                          device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_weights(out_dir / MODEL_FILE, model, settings.arch)
@@ -292,6 +300,39 @@ def train_classifier(
     log(f"classify train: final loss {history[-1]['loss']:.4f}, train accuracy {history[-1]['train_accuracy']:.3f}; "
         f"wrote {out_dir / MODEL_FILE}")
     return card
+
+
+def check_settings(settings: TrainSettings) -> None:
+    """Refuse settings out of bounds, naming the command-line option, before any tile is read."""
+    check_number("--epochs", settings.epochs, 1, MAX_EPOCHS, integer=True)
+    check_number("--batch", settings.batch, 1, MAX_BATCH, integer=True)
+    check_number("--size", settings.size, 32, MAX_SIZE, integer=True,
+                 hint="tiles are resized to SIZE x SIZE px and kept in memory; ImageNet ResNets take 224")
+    check_number("--seed", settings.seed, 0, 2**63 - 1, integer=True)
+    if settings.batch == 1 and -(-settings.size // 32) == 1:  # the ResNets downsample by 32 (rounding up)
+        raise TdkstainError(
+            f"--batch 1 with --size {settings.size}: the ResNet's last feature map is then 1 x 1 px and its batch norm "
+            "needs 2 tiles per batch; use --batch 2 or more, or --size 33 or more"
+        )
+    if settings.lr is not None:
+        check_number("--lr", settings.lr, 0, 1, hint="AdamW's learning rate, e.g. 1e-4")
+        if settings.lr <= 0:
+            raise TdkstainError(f"--lr={settings.lr:g}: the learning rate must be above 0, e.g. 1e-4")
+
+
+def batches_of(n: int, batch: int) -> list[list[int]]:
+    """Indices ``0..n-1`` in order, in batches of ``batch``; a last batch of one tile joins the one before
+    (unless ``batch`` is 1: :func:`check_settings` allows that only where one tile is enough).
+
+    Batch norm in training mode needs more than one value per channel: a
+    lone last tile whose last features are 1 x 1 px (``--size`` 32) would
+    stop the run ("Expected more than 1 value per channel").
+    """
+    batches = [list(range(start, min(start + batch, n))) for start in range(0, n, batch)]
+    if batch > 1 and len(batches) > 1 and len(batches[-1]) == 1:
+        last = batches.pop()
+        batches[-1] = batches[-1] + last
+    return batches
 
 
 @dataclass(frozen=True)
@@ -437,10 +478,10 @@ def load_classifier(model_dir: str | os.PathLike) -> tuple[nn.Module, dict]:
         raise TdkstainError(f"{model_dir}: no {CARD_FILE} and {MODEL_FILE}; point --model at a 'tdkstain classify train' output")
     try:
         card = json.loads(card_path.read_text(encoding="utf-8"))
-        arch, classes, size = card["arch"], card["classes"], int(card["size"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        arch, classes, size = card["arch"], tuple(card["classes"]), int(card["size"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, OverflowError) as err:
         raise TdkstainError(f"{card_path}: not a tdkstain classifier card ({err})") from None
-    if tuple(classes) != CLASSES or size < 32:
+    if classes != CLASSES or not 32 <= size <= MAX_SIZE:
         raise TdkstainError(f"{card_path}: classes {classes} / size {size} are not those of tdkstain's HER2 classifier")
     model = create_model(arch, len(classes))
     try:
@@ -473,6 +514,7 @@ def evaluate_classifier(
 ) -> dict:
     """Test a trained classifier; write ``classification.json``, ``confusion_matrix.png``, ``predictions.csv``."""
     log = log or (lambda message: print(message, file=sys.stderr))
+    check_number("--batch", batch, 1, MAX_BATCH, integer=True)
     model, card = load_classifier(model_dir)
     items = labelled_images(images_dir, labels_csv)
     data = TileSet(items, int(card["size"]), augment=False)

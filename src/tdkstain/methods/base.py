@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -25,6 +25,7 @@ from torch import nn
 from tdkstain.methods.losses import gan_loss
 from tdkstain.models.layers import init_weights
 from tdkstain.plumbing.errors import TdkstainError
+from tdkstain.plumbing.limits import MAX_TILE_SIDE
 from tdkstain.plumbing.sections import Section
 
 if TYPE_CHECKING:
@@ -210,6 +211,16 @@ def check_tile_sizes(cfg: Config, multiple: int, min_crop: int = 1, why: str = "
         )
 
 
+# The most numbers (parameters and buffers) the networks of one method may hold: 2**31 is 8.6 GB in fp32, about
+# four times that while training (gradients, Adam's two moments). The paper's G, D and E hold 61 M; pix2pixHD's 188 M.
+MAX_NETWORK_NUMBERS = 2**31
+
+
+def _first_line(err: BaseException, limit: int = 160) -> str:
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0].strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class Method:
     """What a method is: its options, its networks, one training iteration; the base owns the schedule.
 
@@ -253,6 +264,127 @@ class Method:
     @classmethod
     def check(cls, cfg: Config) -> None:
         """Refuse a config the networks cannot run, before any work (default: nothing to check)."""
+
+    # ------------------------------------------------------------------ sizes, checked on the meta device
+
+    def check_sizes(self, batch_sizes: Sequence[int] = (), val_sizes: Sequence[tuple[int, int]] = ()) -> None:
+        """Refuse, before anything is allocated or trained, networks too large to build and tile sizes they cannot take.
+
+        :meth:`check` knows each method's rules (size multiples, the
+        discriminator's smallest input); this checks what the networks
+        themselves say, for every method alike: they are built on the meta
+        device (shapes, no memory, no compute), then
+
+        - their parameters and buffers are counted against ``MAX_NETWORK_NUMBERS``;
+        - every network :meth:`probe_inputs` can feed runs forward, in training
+          mode, on ``data.crop`` sized inputs at each of ``batch_sizes`` (the
+          loader's batch sizes, a short last batch included; default
+          ``data.batch``), and the generator, in eval mode, on each
+          ``(height, width)`` of ``val_sizes`` (the validation tiles).
+
+        A network that fails at ``data.crop`` but runs at a larger crop cannot
+        take ``data.crop``: the error names ``data.crop``, the network, why,
+        and the smallest crop that works (found by bisection on the meta
+        device, among crops :meth:`check` accepts). A network that fails at
+        every size was probed with inputs it does not take: it is left to the
+        first step, never refused.
+        """
+        import warnings
+
+        batch_sizes = sorted(set(batch_sizes) or {self.cfg.data.batch})
+        try:
+            with warnings.catch_warnings(), torch.random.fork_rng(devices=[]), torch.device("meta"):
+                warnings.simplefilter("ignore")  # the real build warns, once
+                nets = self.networks()
+        except TdkstainError:
+            raise
+        except Exception:  # noqa: BLE001 - a network that cannot be built on the meta device: nothing to check here
+            return
+        self._check_network_sizes(nets)
+        crop = self.cfg.data.crop
+        failing = {name: err for name in nets if (err := self._probe(nets, name, crop, batch_sizes)) is not None}
+        step = 2 ** self.cfg.model.n_downsampling
+        largest = next((c for c in range(MAX_TILE_SIDE // step * step, crop, -step) if self._crop_allowed(c)), None)
+        if failing and largest is not None:
+            failing = {name: err for name, err in failing.items() if self._probe(nets, name, largest, batch_sizes) is None}
+            if failing:
+                low, high = crop // step, largest // step  # fails at low * step, works at high * step
+                while high - low > 1:
+                    mid = (low + high) // 2
+                    works = self._crop_allowed(mid * step) and all(
+                        self._probe(nets, name, mid * step, batch_sizes) is None for name in failing)
+                    low, high = (low, mid) if works else (mid, high)
+                name, err = next(iter(failing.items()))
+                raise TdkstainError(
+                    f"data.crop={crop} is too small for the {name} of method {self.cfg.method} ({_first_line(err)}); "
+                    f"the smallest crop its networks take is {high * step}: use data.crop={high * step} or more"
+                )
+        generator = nets.get("generator")
+        if generator is not None and val_sizes and self._probe(nets, "generator", crop, [1], train=False) is None:
+            for height, width in sorted(set(val_sizes)):
+                err = self._probe(nets, "generator", (height, width), [1], train=False)
+                if err is not None:
+                    raise TdkstainError(
+                        f"validation tiles of {width}x{height} px are too small for the generator of method "
+                        f"{self.cfg.method} ({_first_line(err)}); set data.val_size to a crop it takes "
+                        f"(e.g. data.val_size={crop}, as data.crop) or use larger validation tiles"
+                    )
+
+    def probe_inputs(self, net: nn.Module, batch: int, height: int, width: int) -> tuple[torch.Tensor, ...] | None:
+        """Inputs for a forward pass of ``net`` at ``height`` x ``width`` px (meta tensors), or None: not probed.
+
+        Default: one ``(batch, C, height, width)`` image for a network whose
+        first layer is a 2-d convolution with C input channels (generators,
+        discriminators, conditional ones with 6 channels); networks fed
+        features (TDKstain's estimator, ASP's projection heads) are not probed.
+        A method whose networks take other inputs overrides this.
+        """
+        first = next((m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+        if not isinstance(first, nn.Conv2d):
+            return None
+        return (torch.empty(batch, first.in_channels, height, width, device="meta"),)
+
+    def _probe(self, nets: Nets, name: str, size: int | tuple[int, int], batch_sizes: Sequence[int],
+               train: bool = True) -> Exception | None:
+        """The error of ``nets[name]``'s forward pass at ``size`` on the meta device, or None when it runs (or is not probed)."""
+        net = nets[name]
+        height, width = (size, size) if isinstance(size, int) else size
+        was_training = net.training
+        net.train(train)
+        try:
+            with torch.no_grad():
+                for batch in batch_sizes:
+                    inputs = self.probe_inputs(net, batch, height, width)
+                    if inputs is None:
+                        return None
+                    net(*inputs)
+        except Exception as err:  # noqa: BLE001 - shape errors come as RuntimeError, ValueError, IndexError, ...
+            return err
+        finally:
+            net.train(was_training)
+        return None
+
+    def _crop_allowed(self, crop: int) -> bool:
+        """Whether :meth:`check` accepts ``data.crop=crop`` (the rest of the config as it is)."""
+        cfg = self.cfg.model_copy(update={"data": self.cfg.data.model_copy(update={"crop": crop})})
+        try:
+            type(self).check(cfg)
+        except TdkstainError:
+            return False
+        return True
+
+    def _check_network_sizes(self, nets: Nets) -> None:
+        numbers = {name: sum(t.numel() for t in (*net.parameters(), *net.buffers())) for name, net in nets.items()}
+        total = sum(numbers.values())
+        if total > MAX_NETWORK_NUMBERS:
+            largest = max(numbers, key=numbers.get)
+            raise TdkstainError(
+                f"model: the networks of method {self.cfg.method} would hold {total:,} parameters and buffers "
+                f"({total * 4 / 2**30:,.0f} GB in fp32, about 4x that while training), more than the limit of "
+                f"{MAX_NETWORK_NUMBERS:,}; the {largest} alone holds {numbers[largest]:,}. Lower the network sizes "
+                "(model.ngf, model.ndf, model.nef, model.n_blocks, model.n_downsampling) or the method's options that "
+                "size buffers (e.g. options.pool_size)"
+            )
 
     @classmethod
     def architecture_settings(cls, cfg: Config) -> dict[str, Any]:

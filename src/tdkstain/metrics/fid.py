@@ -37,7 +37,13 @@ import scipy.linalg
 
 from tdkstain.plumbing.errors import TdkstainError
 
+# Fewest images per set FID and KID are defined on: a covariance (FID) and an
+# unbiased MMD over pairs of distinct images (KID) need two. Callers with fewer
+# report the metrics as unavailable (tdkstain.evaluation.runner does).
+MIN_IMAGES = 2
+
 __all__ = [
+    "MIN_IMAGES",
     "FeatureStats",
     "FidKidAccumulator",
     "fid_kid",
@@ -102,8 +108,11 @@ class FeatureStats:
 
     @property
     def cov(self) -> np.ndarray:
-        if self.n < 2:
-            raise TdkstainError(f"a covariance needs at least 2 images, got {self.n}")
+        if self.n < MIN_IMAGES:
+            raise TdkstainError(
+                f"FID needs at least {MIN_IMAGES} images per set (the covariance of {self.n} image(s) is undefined), "
+                f"got {self.n}"
+            )
         return self._m2 / (self.n - 1)
 
     @property
@@ -213,8 +222,10 @@ def polynomial_mmd2_unbiased(
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     m = len(x)
-    if len(y) != m or m < 2:
-        raise TdkstainError(f"MMD needs two samples of the same size >= 2, got {len(x)} and {len(y)}")
+    if len(y) != m or m < MIN_IMAGES:
+        raise TdkstainError(
+            f"KID (MMD) needs two samples of the same size, at least {MIN_IMAGES} each, got {len(x)} and {len(y)}"
+        )
     if gamma is None:
         gamma = 1.0 / x.shape[1]
     k_xx = (x @ x.T * gamma + coef0) ** degree
@@ -313,8 +324,8 @@ class FidKidAccumulator:
         self._flush("real")
         self._flush("fake")
         for which, stats in (("real", self.real), ("fake", self.fake)):
-            if stats.n < 2:
-                raise TdkstainError(f"FID/KID need at least 2 {which} images, got {stats.n}")
+            if stats.n < MIN_IMAGES:
+                raise TdkstainError(f"FID/KID need at least {MIN_IMAGES} {which} images, got {stats.n}")
         subset_size = min(self.kid_subset_size, self.real.n, self.fake.n)
         kid_mean, kid_std = kernel_inception_distance(
             self.real.features, self.fake.features, subsets=self.kid_subsets, subset_size=subset_size, seed=self.seed

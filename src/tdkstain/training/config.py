@@ -29,23 +29,30 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from tdkstain.methods import METHODS
 from tdkstain.plumbing.errors import TdkstainError
+from tdkstain.plumbing.limits import MAX_CONFIG_NODES, MAX_TILE_SIDE, check_number
 from tdkstain.plumbing.sections import Section
 
 # The presets ship inside the package (tdkstain/configs/*.yaml).
 PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
 
+# A config file is a few kB of YAML text (the presets: 1-3 kB, ~150 values, 3 levels deep).
+MAX_CONFIG_BYTES = 2**20
+MAX_CONFIG_DEPTH = 32
+# Pixels of one input batch (data.batch x data.crop^2): 1024 tiles of 1024 px, 4 of 16384 px.
+MAX_BATCH_PIXELS = 2**30
+
 
 class ModelConfig(Section):
     """Network sizes (docs/method.md "Networks"; release defaults)."""
 
-    ngf: int = Field(64, ge=1, description="generator base width")
-    n_downsampling: int = Field(3, ge=1, description="stride-2 stages in the generator (taps = their outputs)")
-    n_blocks: int = Field(9, ge=0, description="residual blocks in the generator")
-    ndf: int = Field(64, ge=1, description="discriminator base width")
-    n_layers_d: int = Field(3, ge=1, description="stride-2 layers per PatchGAN")
-    num_d: int = Field(3, ge=1, description="discriminator scales")
-    nef: int = Field(128, ge=1, description="nuclei density estimator width")
-    estimator_blocks: int = Field(4, ge=0, description="residual blocks in the estimator")
+    ngf: int = Field(64, ge=1, le=1024, description="generator base width")
+    n_downsampling: int = Field(3, ge=1, le=10, description="stride-2 stages in the generator (taps = their outputs)")
+    n_blocks: int = Field(9, ge=0, le=64, description="residual blocks in the generator")
+    ndf: int = Field(64, ge=1, le=1024, description="discriminator base width")
+    n_layers_d: int = Field(3, ge=1, le=10, description="stride-2 layers per PatchGAN")
+    num_d: int = Field(3, ge=1, le=8, description="discriminator scales")
+    nef: int = Field(128, ge=1, le=1024, description="nuclei density estimator width")
+    estimator_blocks: int = Field(4, ge=0, le=64, description="residual blocks in the estimator")
     d_padding: Literal[1, 2] | None = Field(
         None,
         description="zero padding of the multi-scale discriminator's 4x4 convs; None: the method's own "
@@ -61,16 +68,16 @@ class LossConfig(Section):
     """
 
     gan: Literal["lsgan", "vanilla"] = "lsgan"
-    l1: float = Field(10.0, ge=0)
-    membrane: float = Field(10.0, ge=0)
-    nuclei: float = Field(10.0, ge=0)
-    estimator: float = Field(10.0, ge=0, description="weight of the estimator's own loss L_E")
+    l1: float = Field(10.0, ge=0, allow_inf_nan=False)
+    membrane: float = Field(10.0, ge=0, allow_inf_nan=False)
+    nuclei: float = Field(10.0, ge=0, allow_inf_nan=False)
+    estimator: float = Field(10.0, ge=0, allow_inf_nan=False, description="weight of the estimator's own loss L_E")
 
 
 class OptimConfig(Section):
     """Adam for all three networks (release: lr 2e-4, betas (0.5, 0.999))."""
 
-    lr: float = Field(2e-4, gt=0)
+    lr: float = Field(2e-4, gt=0, allow_inf_nan=False)
     betas: tuple[float, float] = Field((0.5, 0.999), strict=False)
 
     @field_validator("betas")
@@ -93,33 +100,33 @@ class ScheduleConfig(Section):
     paper's description).
     """
 
-    epochs: int = Field(100, ge=1)
-    decay_epochs: int = Field(50, ge=0)
+    epochs: int = Field(100, ge=1, le=1_000_000)
+    decay_epochs: int = Field(50, ge=0, le=1_000_000, description="at most epochs (checked by build_config)")
     kind: Literal["joint", "two-stage"] = "joint"
-    estimator_epochs: int = Field(0, ge=0, description="two-stage only: estimator-only epochs before the GAN")
+    estimator_epochs: int = Field(0, ge=0, le=1_000_000, description="two-stage only: estimator-only epochs before the GAN")
 
 
 class DataConfig(Section):
     """Aligned training tiles and held-out validation pairs."""
 
     root: str | None = Field(None, description="dataset root; set by `tdkstain train --data`")
-    crop: int = Field(1024, ge=8, description="random crop size in pixels (release: whole 1024 tiles)")
-    batch: int = Field(1, ge=1, description="tiles per step per process (global batch = batch x processes)")
+    crop: int = Field(1024, ge=8, le=MAX_TILE_SIDE, description="random crop size in pixels (release: whole 1024 tiles)")
+    batch: int = Field(1, ge=1, le=4096, description="tiles per step per process (global batch = batch x processes)")
     flip: bool = Field(True, description="random horizontal flip, identical for every aligned image")
-    workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes")
     train_split: str = "train"
     val_split: str = Field("test", description="split used for validation; if it has no pairs, the last val_pairs train pairs are held out")
-    val_pairs: int = Field(8, ge=0, description="validation pairs (0 disables validation)")
-    val_size: int | None = Field(None, ge=8, description="centre crop for validation tiles (None: whole tiles)")
+    val_pairs: int = Field(8, ge=0, le=1_000_000, description="validation pairs (0 disables validation)")
+    val_size: int | None = Field(None, ge=8, le=MAX_TILE_SIDE, description="centre crop for validation tiles (None: whole tiles)")
     nuclei_density_format: Literal["png", "tif"] = Field("png", description="png: the release's min-max uint8 map; tif: float32")
-    mpp: float | None = Field(None, gt=0, description="microns per pixel of the tiles, for the model card (RegH2I/BCI 20x: ~0.5)")
+    mpp: float | None = Field(None, gt=0, le=1000, allow_inf_nan=False, description="microns per pixel of the tiles, for the model card (RegH2I/BCI 20x: ~0.5)")
 
 
 class TrainConfig(Section):
     """Runtime: devices, precision, reproducibility, bookkeeping."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(None, ge=1, description="CPU threads for torch (None: torch's default; 1 is fastest on a busy shared machine)")
+    threads: int | None = Field(None, ge=1, le=4096, description="CPU threads for torch (None: torch's default; 1 is fastest on a busy shared machine)")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
     compile: bool = False
@@ -128,7 +135,7 @@ class TrainConfig(Section):
         description="CPU: glibc keeps freed memory for reuse instead of unmapping it every step "
         "(tdkstain.plumbing.allocator; faster steps, higher peak RSS, see benchmarks/README.md)",
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="random seed (the streams of process r use seed + r)")
     init_from: str | None = Field(
         None,
         description="start a new TDKstain run from the authors' release: their checkpoint folder (latest_net_G.pth, "
@@ -231,7 +238,7 @@ def migrate_saved_config(data: Any, source: str) -> tuple[Any, list[str]]:
         return data, []
     notes: list[str] = []
     method = data.get("method", "tdkstain")
-    padding = METHODS[method].d_padding if method in METHODS else None
+    padding = METHODS[method].d_padding if isinstance(method, str) and method in METHODS else None
     if "d_padding" not in data["model"]:
         data = {**data, "model": {**data["model"], "d_padding": LEGACY_D_PADDING if padding is not None else None}}
         if padding is not None and padding != LEGACY_D_PADDING:
@@ -267,13 +274,13 @@ def migrate_baseline_section(data: dict[str, Any], source: str, saved: bool = Fa
     if not isinstance(baseline, dict):
         raise TdkstainError(f"{source}: baseline: a section of settings, got {type(baseline).__name__}")
     method = data.get("method", "tdkstain")
-    fields = METHODS[method].Options.model_fields if method in METHODS else {}
+    fields = METHODS[method].Options.model_fields if isinstance(method, str) and method in METHODS else {}
     options = data.get("options") or {}
     if not isinstance(options, dict):
         raise TdkstainError(f"{source}: options: a section of settings, got {type(options).__name__}")
     data["options"] = {**{k: v for k, v in baseline.items() if k in fields}, **options}
-    moved = sorted(k for k in baseline if k in fields)
-    left = sorted(k for k in baseline if k not in fields)
+    moved = sorted(str(k) for k in baseline if k in fields)
+    left = sorted(str(k) for k in baseline if k not in fields)  # keys of any YAML type
     if saved and not moved:
         return data, []  # a saved config of a method without options: nothing the user set is involved
     note = (f"{source}: section 'baseline:' is now 'options:' (the settings of method {method}); "
@@ -283,6 +290,161 @@ def migrate_baseline_section(data: dict[str, Any], source: str, saved: bool = Fa
     return data, [note]
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
+
+
+# ----------------------------------------------------------------------------- reading YAML safely
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses documents nested deeper than ``MAX_CONFIG_DEPTH`` while composing
+    (PyYAML composes recursively: a deep document would otherwise end in RecursionError)."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+        self._depth += 1
+        try:
+            if self._depth > MAX_CONFIG_DEPTH:
+                raise _Refused(f"its YAML is nested more than {MAX_CONFIG_DEPTH} levels deep "
+                               f"(line {self.peek_event().start_mark.line + 1}); a config has 3")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _Refused(Exception):
+    """Why a YAML document is refused; :func:`parse_yaml` prefixes the source."""
+
+
+def _expanded_size(root: yaml.Node) -> tuple[int, int]:
+    """``(nodes, depth)`` of the YAML graph with every alias counted as a copy of what it names.
+
+    Memoised by node (an alias is the same node object as its anchor), so
+    the count costs one visit per distinct node even when it expands to
+    billions; iterative, so no document can exhaust the Python stack. A
+    node that contains itself (``&a [*a]``) is refused.
+    """
+    done: dict[int, tuple[int, int]] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            on_path.discard(key)
+            kids = _children(node)
+            nodes = 1 + sum(done[id(k)][0] for k in kids)
+            depth = 1 + max((done[id(k)][1] for k in kids), default=0)
+            if nodes > MAX_CONFIG_NODES:
+                raise _Refused(
+                    f"its YAML expands to more than {MAX_CONFIG_NODES:,} values once its aliases (*name) are "
+                    "expanded; a config has ~150 (an alias bomb?). Nothing was built"
+                )
+            if depth > MAX_CONFIG_DEPTH:
+                raise _Refused(f"its YAML is nested more than {MAX_CONFIG_DEPTH} levels deep once its aliases (*name) "
+                               "are expanded; a config has 3")
+            done[key] = (nodes, depth)
+            continue
+        if key in done:
+            continue
+        if key in on_path:
+            raise _Refused(f"a YAML alias (*name) inside the value it names makes it contain itself "
+                           f"(line {node.start_mark.line + 1}); a config cannot be recursive")
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((k, False) for k in _children(node) if id(k) not in done)
+    return done[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """One YAML document (safe tags only) as Python values, or a TdkstainError naming ``source``.
+
+    Before any Python object is built, the composed graph is measured: more
+    than ``MAX_CONFIG_NODES`` values with aliases expanded (a "billion
+    laughs" document), nesting deeper than ``MAX_CONFIG_DEPTH`` or a
+    recursive alias are refused.
+    """
+    loader = None
+    try:
+        loader = _BoundedLoader(text)  # refuses control characters already
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node)
+        return loader.construct_document(node)
+    except _Refused as err:
+        raise TdkstainError(f"{source}: refused: {err}") from None
+    except yaml.YAMLError as err:
+        raise TdkstainError(f"{source}: not valid YAML: {_one_line(err)}") from None
+    except Exception as err:  # noqa: BLE001 - a scalar PyYAML cannot convert (an int of 5000 digits, a bad date)
+        raise TdkstainError(f"{source}: not valid YAML: {type(err).__name__}: {_one_line(err)}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# Signatures of files that are often given where a config was meant.
+_BINARY_KINDS = (
+    (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"), (b"PK\x03\x04", "a zip archive (a PyTorch checkpoint?)"),
+    (b"\x1f\x8b", "gzip-compressed"), (b"%PDF", "a PDF document"), (b"\x80", "a Python pickle (a .pth file?)"),
+)
+
+
+def read_yaml_file(path: str | Path, what: str = "config") -> Any:
+    """The YAML document of a config file, read with every bound of a config.
+
+    Refused with a TdkstainError naming the file: more than
+    ``MAX_CONFIG_BYTES``, not UTF-8 text (an image, a checkpoint, any binary
+    file), and whatever :func:`parse_yaml` refuses.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise TdkstainError(f"{path}: cannot read the {what}: {err.strerror or err}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise TdkstainError(
+            f"{path}: not a {what}: larger than {MAX_CONFIG_BYTES // 2**20} MiB (a config is a YAML text file of a few kB)"
+        )
+    kind = next((name for magic, name in _BINARY_KINDS if raw.startswith(magic)), None)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        kind = kind or f"byte 0x{raw[err.start]:02x} at offset {err.start} is not UTF-8 text"
+        text = None
+    if text is not None and "\x00" in text:
+        kind = kind or "it holds NUL bytes"
+        text = None
+    if text is None:
+        raise TdkstainError(
+            f"{path}: not a YAML text file ({kind}); a tdkstain config is YAML text "
+            "(`tdkstain train --show-config` prints one)"
+        )
+    return parse_yaml(text, str(path))
+
+
 def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
@@ -290,10 +452,10 @@ def preset_names() -> list[str]:
 def resolve_preset(name_or_path: str | Path) -> Path:
     """A path to a YAML file, or a preset name such as ``demo-cpu``."""
     path = Path(name_or_path)
-    if path.is_file():
+    if _is_file(path):
         return path
     preset = PRESET_DIR / f"{name_or_path}.yaml"
-    if preset.is_file():
+    if _is_file(preset):
         return preset
     raise TdkstainError(
         f"{name_or_path}: no such config file or preset; presets: {', '.join(preset_names())}"
@@ -306,10 +468,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not sep or not key:
         raise TdkstainError(f"{text!r}: overrides look like key=value, e.g. loss.membrane=5")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError as err:
-        raise TdkstainError(f"{key}: cannot read value {value!r}: {err}") from err
+    parsed = parse_yaml(value, f"{key}={_short(value)}") if value.strip() else None
     return key.split("."), parsed
 
 
@@ -331,13 +490,14 @@ def _format_errors(err: ValidationError, source: str, model: type[BaseModel] | N
     for e in err.errors():
         key = prefix + ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6) or [
+                k for k in known if k.rpartition(".")[2] == key.rpartition(".")[2]][:1]  # seed -> train.seed
             hints = ([f"did you mean {close[0]}?"] if close else []) + ([what] if what else [])
             hint = f" ({'; '.join(hints)})" if hints else ""
             lines.append(f"{key}: unknown key{hint}")
         else:
             got = e.get("input")
-            lines.append(f"{key}: {e['msg']} (got {got!r})")
+            lines.append(f"{key}: {e['msg']} (got {_short(repr(got))})")
     return f"{source}: invalid config:\n  " + "\n  ".join(lines)
 
 
@@ -345,11 +505,40 @@ def _format_errors(err: ValidationError, source: str, model: type[BaseModel] | N
 _EXPONENT_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
-def _fix_floats(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _fix_floats(v) for k, v in value.items()}
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _fix_floats(value: Any, model: type[BaseModel]) -> Any:
+    """``value`` (a section's dict) with ``1e-4``-style strings read as floats where ``model`` wants a float.
+
+    Only there: a string setting (``data.root``, ``train.init_from``) keeps
+    its text, so a dataset folder named ``1e5`` stays a folder name.
+    """
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, item in value.items():
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        if field is not None:
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                item = _fix_floats(item, annotation)
+            elif _wants_float(annotation):
+                item = _exponent_to_float(item)
+        out[key] = item
+    return out
+
+
+def _wants_float(annotation: Any) -> bool:
+    from typing import get_args
+
+    return annotation is float or any(_wants_float(arg) for arg in get_args(annotation))
+
+
+def _exponent_to_float(value: Any) -> Any:
     if isinstance(value, list):
-        return [_fix_floats(v) for v in value]
+        return [_exponent_to_float(v) for v in value]
     if isinstance(value, str) and _EXPONENT_FLOAT.match(value.strip()):
         return float(value)
     return value
@@ -397,30 +586,43 @@ def build_config(data: dict[str, Any] | None, overrides: list[str] = (), source:
             warnings.warn(note, stacklevel=2)
     options = data.pop("options", None)
     try:
-        cfg = Config.model_validate(_fix_floats(data))
+        cfg = Config.model_validate(_fix_floats(data, Config))
     except ValidationError as err:
         raise TdkstainError(_format_errors(err, source)) from None
-    if options is None:
-        return cfg
-    if not isinstance(options, dict):
-        raise TdkstainError(f"{source}: options: a section of method {cfg.method}'s settings, got {type(options).__name__}")
-    model = METHODS[cfg.method].Options
+    if options is not None:
+        if not isinstance(options, dict):
+            raise TdkstainError(f"{source}: options: a section of method {cfg.method}'s settings, got {type(options).__name__}")
+        model = METHODS[cfg.method].Options
+        try:
+            cfg = cfg.model_copy(update={"options": model.model_validate(_fix_floats(options, model))})
+        except ValidationError as err:
+            own = ", ".join(model.model_fields) or "none"
+            raise TdkstainError(_format_errors(err, source, model, "options.", f"method {cfg.method}'s options: {own}")) from None
     try:
-        return cfg.model_copy(update={"options": model.model_validate(_fix_floats(options))})
-    except ValidationError as err:
-        own = ", ".join(model.model_fields) or "none"
-        raise TdkstainError(_format_errors(err, source, model, "options.", f"method {cfg.method}'s options: {own}")) from None
+        check_settings_together(cfg)
+    except TdkstainError as err:
+        raise TdkstainError(f"{source}: {err}") from None
+    return cfg
+
+
+def check_settings_together(cfg: Config) -> None:
+    """Bounds that involve two settings (each setting alone is bounded by its field)."""
+    s = cfg.schedule
+    check_number("schedule.decay_epochs", s.decay_epochs, 0, s.epochs, integer=True,
+                 hint=f"the learning rate decays over the last decay_epochs of schedule.epochs={s.epochs} (release: 50 of 100)")
+    crop = cfg.data.crop
+    check_number("data.batch", cfg.data.batch, 1, max(1, MAX_BATCH_PIXELS // crop**2), integer=True,
+                 hint=f"a batch holds data.batch x {crop} x {crop} px (data.crop), at most {MAX_BATCH_PIXELS:,} pixels; "
+                      "lower data.batch or data.crop")
 
 
 def load_config(name_or_path: str | Path | None, overrides: list[str] = (), values: dict[str, Any] | None = None) -> Config:
-    """Read a preset or YAML file (``yaml.safe_load``), apply overrides and ``values`` (see :func:`build_config`), validate."""
+    """Read a preset or YAML file (:func:`read_yaml_file`: safe tags, bounded size, no alias bombs), apply overrides
+    and ``values`` (see :func:`build_config`), validate."""
     if name_or_path is None:
         return build_config({}, overrides, source="defaults", values=values)
     path = resolve_preset(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise TdkstainError(f"{path}: not valid YAML: {err}") from err
+    data = read_yaml_file(path) or {}
     if not isinstance(data, dict):
         raise TdkstainError(f"{path}: a config is a mapping of sections, got {type(data).__name__}")
     return build_config(data, overrides, source=str(path), values=values)
@@ -429,10 +631,7 @@ def load_config(name_or_path: str | Path | None, overrides: list[str] = (), valu
 def read_run_config(path: str | Path) -> Config:
     """Read a resolved ``RUN/config.yaml`` back (older files migrated, :func:`migrate_saved_config`, with a warning)."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise TdkstainError(f"{path}: cannot read run config: {err}") from err
+    data = read_yaml_file(path, what="run folder's config") or {}
     return saved_config(data, str(path))
 
 

@@ -20,15 +20,16 @@ import torch
 from torch import nn
 
 from tdkstain.data.tiles import EpochBatchSampler, training_tiles
+from tdkstain.inference.engine import downsampling_factor
 from tdkstain.methods import create_method
 from tdkstain.methods.base import NonFiniteLoss
 from tdkstain.plumbing import distributed
 from tdkstain.plumbing.errors import TdkstainError
 from tdkstain.training.config import Config
-from tdkstain.training.inputs import data_files, make_loader
+from tdkstain.training.inputs import batch_sizes, check_validation_multiple, data_files, make_loader, validation_sizes
 from tdkstain.training.log import Logger
 from tdkstain.training.runfolder import save_run, unwrap, validate
-from tdkstain.training.setup import start_run
+from tdkstain.training.setup import save_run_config, start_run
 from tdkstain.training.state import TrainState, load_latest, newest_checkpoint, restore
 from tdkstain.weights import load_release_training_state
 
@@ -46,14 +47,24 @@ class TrainResult:
 
 
 def train(cfg: Config, out: str | os.PathLike, *, progress: bool = True) -> TrainResult:
-    """Train (or resume) into run folder ``out``; returns the networks and counters."""
+    """Train (or resume) into run folder ``out``; returns the networks and counters.
+
+    Everything that can be checked before a step is, before the run folder
+    is written: the method's sizes on the meta device (networks too large,
+    a ``data.crop`` they cannot take, :meth:`Method.check_sizes`) and the
+    validation tiles' sizes from their headers.
+    """
     run = start_run(cfg, Path(out))
     cfg, dist_info, rt = run.cfg, run.dist, run.runtime
 
     train_files, val_files = data_files(cfg)
     sampler = EpochBatchSampler(len(train_files), cfg.data.batch, seed=cfg.train.seed, rank=dist_info.rank, world=dist_info.world)
     method = create_method(cfg, sampler.steps_per_epoch)
+    val_sizes = validation_sizes(cfg, val_files)
+    method.check_sizes(batch_sizes(sampler), [size for size, _ in val_sizes])
     nets = method.build_networks(cfg.train.seed)
+    check_validation_multiple(cfg, val_sizes, downsampling_factor(nets["generator"]))
+    save_run_config(run)
     for net in nets.values():
         net.to(rt.device, memory_format=torch.channels_last if cfg.train.channels_last else torch.preserve_format)
     optimizers = {name: torch.optim.Adam(net.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas)) for name, net in nets.items()}

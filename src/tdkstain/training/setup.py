@@ -4,9 +4,11 @@
 torchrun's process group, the device (:func:`tdkstain.plumbing.devices.resolve_device`),
 CPU threads and the allocator, deterministic algorithms, the global random
 streams seeded per rank, then the run folder's ``config.yaml`` read back,
-kept where the user left a setting to the method, checked, and rewritten
-resolved. The result, :class:`Run`, is what the loop, the logger and the
-saving need.
+kept where the user left a setting to the method and checked. The result,
+:class:`Run`, is what the loop, the logger and the saving need. The resolved
+config is written into the run folder by :func:`save_run_config` once the
+loop has checked everything it can before a step (sizes, data), so a refused
+command leaves the folder as it was.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from tdkstain.plumbing.devices import resolve_device
 from tdkstain.plumbing.errors import TdkstainError
 from tdkstain.training.config import Config, check_same_architecture, keep_trained_settings, read_run_config
 
-__all__ = ["Run", "start_run", "make_runtime"]
+__all__ = ["Run", "start_run", "save_run_config", "make_runtime"]
 
 
 @dataclass
@@ -42,12 +44,37 @@ class Run:
 
 def start_run(cfg: Config, run_dir: Path) -> Run:
     """Processes, device and random streams set up, and the run folder's config settled (see the module)."""
-    if cfg.data.root is None:
+    if not cfg.data.root:  # None, or an empty --data ''
         raise TdkstainError("data.root is not set: pass --data DATA_DIR (or data.root=DATA_DIR)")
+    _check_run_folder_writable(Path(run_dir))
     dist_info, device = _processes_and_device(cfg)
     _reproducibility(cfg, device, dist_info.rank)
-    cfg = _settle_run_config(cfg, Path(run_dir), dist_info.is_main)
+    cfg = _settle_run_config(cfg, Path(run_dir))
     return Run(cfg, Path(run_dir), dist_info, make_runtime(cfg, device, dist_info))
+
+
+def save_run_config(run: Run) -> None:
+    """Write the resolved config as the run folder's ``config.yaml`` (main process)."""
+    if run.dist.is_main:
+        write_text_atomic(run.run_dir / "config.yaml", run.cfg.to_yaml())
+
+
+def _check_run_folder_writable(run_dir: Path) -> None:
+    """Refuse at once a run folder that cannot be written (a file in the way, a folder without write permission),
+    without creating anything: the run folder is written only once the loop's checks have passed."""
+    import errno
+
+    from tdkstain.plumbing.atomic import write_error
+
+    config_file = run_dir / "config.yaml"
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise write_error(config_file, OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)))
+            if not os.access(folder, os.W_OK | os.X_OK):
+                first = config_file if folder == run_dir else folder / run_dir.relative_to(folder).parts[0]
+                raise write_error(first, OSError(errno.EACCES, os.strerror(errno.EACCES)))
+            return
 
 
 def _processes_and_device(cfg: Config) -> tuple[distributed.DistInfo, torch.device]:
@@ -79,16 +106,15 @@ def _reproducibility(cfg: Config, device: torch.device, rank: int) -> None:
     torch.manual_seed(seed)
 
 
-def _settle_run_config(cfg: Config, run_dir: Path, is_main: bool) -> Config:
+def _settle_run_config(cfg: Config, run_dir: Path) -> Config:
+    """``cfg`` as this run folder continues it (read with every bound of a config file: a binary file or an
+    alias bomb named ``config.yaml`` is refused, naming it)."""
     config_file = run_dir / "config.yaml"
     if config_file.is_file():
         saved = read_run_config(config_file)  # warns when it predates a setting (config.migrate_saved_config)
         cfg = keep_trained_settings(cfg, saved)
         check_same_architecture(cfg, saved.to_dict(), source=str(config_file))
-    cfg = cfg.resolved()
-    if is_main:
-        write_text_atomic(config_file, cfg.to_yaml())
-    return cfg
+    return cfg.resolved()
 
 
 def make_runtime(cfg: Config, device: torch.device, dist_info: distributed.DistInfo) -> Runtime:

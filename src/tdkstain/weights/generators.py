@@ -17,8 +17,9 @@ from torch import nn
 
 from tdkstain.models import GENERATORS
 from tdkstain.plumbing.errors import TdkstainError
-from tdkstain.weights.cards import _strip_wrapper_prefixes, build_network, load_weights, model_card
+from tdkstain.weights.cards import _build_checked, _read_tensors, _strip_wrapper_prefixes, model_card, read_card
 from tdkstain.weights.release import infer_generator_kwargs, load_official_generator
+from tdkstain.weights.validation import check_architecture
 
 __all__ = ["GENERATOR_WEIGHT_PLACES", "find_generator_weights", "load_generator_with_card", "load_generator"]
 
@@ -69,7 +70,10 @@ def load_generator_with_card(
     ``Pix2pixResnetGenerator`` (batch norm and dropout act as in eval mode:
     running statistics, no dropout). For a ``.pth`` or a safetensors file
     without a card, a ``ResnetGenerator`` is inferred from the keys and the
-    card built with ``tile_size`` and ``mpp`` None.
+    card built with ``tile_size`` and ``mpp`` None. A card is checked
+    (:mod:`tdkstain.weights.validation`) before it is used: the returned
+    card's ``mpp`` is None or a positive float, ``tile_size`` None or a
+    positive int; weights holding NaN or inf are refused.
     """
     path = Path(path_or_run_dir)
     if path.is_dir():
@@ -78,18 +82,26 @@ def load_generator_with_card(
         raise TdkstainError(f"{path}: no such weights file or run folder")
 
     if path.suffix.lower() in _SAFETENSORS_SUFFIXES:
-        state_dict, metadata = load_weights(path)
-        state_dict = _strip_wrapper_prefixes(state_dict)
+        # The card is checked, and the architecture against the header's tensor shapes on the meta
+        # device, before any tensor data is read or the generator allocated.
+        header, metadata = read_card(path, default_network="ResnetGenerator")
+        shapes = _strip_wrapper_prefixes(header.shapes)
         name = metadata.get("network", "ResnetGenerator")
         if name not in GENERATORS:
             raise TdkstainError(f"{path}: holds a {name}, not a generator (one of {', '.join(GENERATORS)})")
-        kwargs = metadata.get("kwargs") if isinstance(metadata.get("kwargs"), dict) else None
+        kwargs = metadata.get("kwargs")
         if kwargs is None:  # plain safetensors of a generator state_dict, e.g. converted elsewhere
             if name != "ResnetGenerator":
                 raise TdkstainError(f"{path}: the model card names a {name} but has no 'kwargs' to build it with")
-            kwargs = infer_generator_kwargs(state_dict, path)
-        generator = build_network(name, kwargs, state_dict, path)
-        card = {**model_card(generator), **metadata} if metadata else model_card(generator, source={"file": path.name})
+            kwargs = infer_generator_kwargs({k: torch.empty(shape, device="meta") for k, shape in shapes.items()}, path)
+        check_architecture(name, kwargs, shapes, path)
+        state_dict = _strip_wrapper_prefixes(_read_tensors(path))
+        generator = _build_checked(name, kwargs, state_dict, path)
+        card = (
+            {**model_card(generator), **metadata, "network": name, "kwargs": dict(generator.init_kwargs)}
+            if metadata
+            else model_card(generator, source={"file": path.name})
+        )
         return generator.to(map_location).eval(), card
 
     generator = load_official_generator(path, map_location)

@@ -24,7 +24,8 @@ from torch import nn
 
 from tdkstain.models import ResnetGenerator
 from tdkstain.plumbing.errors import TdkstainError
-from tdkstain.weights.cards import _brief, _load_strict, _strip_wrapper_prefixes
+from tdkstain.weights.cards import _load_strict, _strip_wrapper_prefixes
+from tdkstain.weights.validation import _brief, check_architecture, check_finite
 
 __all__ = [
     "read_official_state_dict",
@@ -63,7 +64,8 @@ def read_official_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
     ``_orig_mod.`` (torch.compile) is stripped. A
     dict that wraps the state_dict under ``networks.generator`` (our
     training checkpoints), ``state_dict``, ``generator``, ``netG`` or
-    ``model`` is unwrapped.
+    ``model`` is unwrapped. A tensor whose shape claims more data than the
+    file holds (a stride-0 view) and weights holding NaN or inf are refused.
     """
     path = Path(path)
     if not path.is_file():
@@ -98,7 +100,24 @@ def read_official_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
             f"{path}: holds a {type(obj).__name__}, not a state_dict of tensors "
             "(expected the release's latest_net_G.pth, saved with torch.save(net.state_dict()))"
         )
-    return _strip_wrapper_prefixes(dict(obj))
+    state_dict = _strip_wrapper_prefixes(dict(obj))
+    _check_backed(state_dict, path)
+    check_finite(state_dict, path)
+    return state_dict
+
+
+def _check_backed(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Refuse a tensor larger than the data behind it: a pickle can rebuild a 4-byte storage as a
+    100,000 x 100,000 view (stride 0), and a network sized from that shape would allocate tens of GB."""
+    for key, tensor in state_dict.items():
+        needed = tensor.numel() * tensor.element_size()
+        held = tensor.untyped_storage().nbytes()
+        if needed > held:
+            raise TdkstainError(
+                f"{path}: tensor {key!r} claims shape {tuple(tensor.shape)} ({needed:,} bytes) but the file holds "
+                f"{held:,} bytes of its data (a view that repeats its data, as no saved weight does); refused before "
+                "anything that size is allocated"
+            )
 
 
 def infer_generator_kwargs(state_dict: Mapping[str, torch.Tensor], source: str | os.PathLike) -> dict[str, Any]:
@@ -170,6 +189,8 @@ def load_official_generator(path: str | os.PathLike, map_location: str | torch.d
     path = Path(path)
     state_dict = read_official_state_dict(path)
     kwargs = infer_generator_kwargs(state_dict, path)
+    # Keys and shapes compared on the meta device first: a file that is not this generator fails before allocation.
+    check_architecture("ResnetGenerator", kwargs, {k: tuple(v.shape) for k, v in state_dict.items()}, path)
     generator = ResnetGenerator(**kwargs)
     _load_strict(generator, state_dict, path, f"a ResnetGenerator with {kwargs}")
     return generator.to(map_location).eval()

@@ -52,6 +52,7 @@ class _TileTask:
     overlay: str | None
     force: bool
     engine: str = "torch"  # "torch" (extraction.fast) or "numpy" (knowledge.extract_tile): same outputs
+    max_pixels: int | None = None  # pixel limit of the IHC tile (None: tdkstain.data.images' default)
 
 
 # --------------------------------------------------------------------------- one tile (runs in workers)
@@ -68,10 +69,15 @@ def _process_tile(task: _TileTask, params: Any) -> TileResult:
 
     ihc_path = Path(task.ihc)
     try:
-        ihc = images.read_rgb(ihc_path)
+        limit = {} if task.max_pixels is None else {"max_pixels": task.max_pixels}
+        ihc = images.read_rgb(ihc_path, **limit)
         input_mtime = ihc_path.stat().st_mtime_ns
     except TdkstainError as err:
         return bad(str(err))
+    except OSError as err:  # e.g. the file went away between reading and stat
+        from tdkstain.plumbing.atomic import read_error
+
+        return bad(str(read_error(ihc_path, err)))
     except Exception as err:  # a decoder failing in an unexpected way is still a bad tile, named
         return bad(f"{ihc_path}: cannot read the IHC tile ({type(err).__name__}: {err})")
 
@@ -151,7 +157,9 @@ def _process_chunk(chunk: list[tuple[int, _TileTask]], params_dict: dict) -> lis
 # --------------------------------------------------------------------------- calibration
 
 
-def calibrate(root: str | os.PathLike, params: Any, pairs: Sequence[Any], sample: int = 32) -> tuple[Any, dict]:
+def calibrate(
+    root: str | os.PathLike, params: Any, pairs: Sequence[Any], sample: int = 32, *, max_pixels: int | None = None
+) -> tuple[Any, dict]:
     """Fit the adaptive membrane threshold on up to ``sample`` IHC tiles spread evenly over ``pairs``.
 
     ``knowledge.calibrate_membrane`` fits the DAB density margin above each
@@ -181,7 +189,8 @@ def calibrate(root: str | os.PathLike, params: Any, pairs: Sequence[Any], sample
     count = min(sample, len(pairs))
     indices = sorted({int(i) for i in np.linspace(0, len(pairs) - 1, count).round()})
     chosen = [pairs[i] for i in indices]
-    tiles = [images.read_rgb(p.ihc) for p in chosen]
+    limit = {} if max_pixels is None else {"max_pixels": max_pixels}
+    tiles = [images.read_rgb(p.ihc, **limit) for p in chosen]
     threshold = float(knowledge.calibrate_membrane(tiles, params.membrane))
     params_dict = params.to_dict()
     params_dict["membrane"]["threshold"] = threshold
@@ -206,7 +215,8 @@ def _is_under(path: str | os.PathLike, root: str | os.PathLike) -> bool:
 
 
 def _make_tasks(
-    root: Path, pairs: Sequence[Any], params: Any, force: bool, overlays: bool, engine: str = "torch"
+    root: Path, pairs: Sequence[Any], params: Any, force: bool, overlays: bool, engine: str = "torch",
+    max_pixels: int | None = None,
 ) -> list[_TileTask]:
     from tdkstain.data.pairs import knowledge_paths
 
@@ -234,6 +244,7 @@ def _make_tasks(
                 overlay=overlay,
                 force=force,
                 engine=engine,
+                max_pixels=max_pixels,
             )
         )
     return tasks
@@ -333,6 +344,7 @@ def extract_dataset(
     calibrate_sample: int | None = None,
     report: bool = True,
     engine: str | None = None,
+    max_pixels: int | None = None,
 ) -> ExtractionSummary:
     """Extract the knowledge maps of every IHC tile of a dataset (see the module docstring).
 
@@ -358,6 +370,8 @@ def extract_dataset(
             (``knowledge.extract_tile``); both write identical files, so the engine is
             not part of ``extraction.json`` and a run may resume with the other. None:
             torch, or numpy for the cellpose nuclei backend, which torch does not run.
+        max_pixels: the largest IHC tile read, in pixels (a guard against
+            decompression bombs); None: ``tdkstain.data.images.DEFAULT_MAX_PIXELS``.
 
     Raises:
         TdkstainError: no pairs; an unknown engine, or torch with the cellpose backend;
@@ -380,9 +394,9 @@ def extract_dataset(
     pairs = _discover_dataset_pairs(root, splits, manifest)
 
     previous = read_extraction_record(root)
-    params, calibration = _calibrate_or_keep_record(root, params, pairs, calibrate_sample, previous)
+    params, calibration = _calibrate_or_keep_record(root, params, pairs, calibrate_sample, previous, max_pixels)
     params_dict = json.loads(json.dumps(params.to_dict()))  # normalise tuples etc. as stored
-    tasks = _tasks_allowed_by_record(root, pairs, params, params_dict, previous, force, overlays, engine)
+    tasks = _tasks_allowed_by_record(root, pairs, params, params_dict, previous, force, overlays, engine, max_pixels)
 
     output_dirs = _output_dirs(tasks)
     remove_temporaries(output_dirs)
@@ -395,7 +409,7 @@ def extract_dataset(
     if summary.bad and not skip_bad:
         raise _bad_tiles_error(summary.bad, len(results))
     if report:
-        summary.report = write_quality_report(root, summary)
+        summary.report = write_quality_report(root, summary, max_pixels=max_pixels)
     summary.seconds = time.perf_counter() - start
     _record_complete(root, params_dict, summary)
     return summary
@@ -415,11 +429,12 @@ def _discover_dataset_pairs(root: Path, splits: Sequence[str] | None, manifest: 
 
 
 def _calibrate_or_keep_record(
-    root: Path, params: Any, pairs: Sequence[Any], calibrate_sample: int | None, previous: dict | None
+    root: Path, params: Any, pairs: Sequence[Any], calibrate_sample: int | None, previous: dict | None,
+    max_pixels: int | None = None,
 ) -> tuple[Any, dict | None]:
     """The parameters to extract with, and the calibration record that ``extraction.json`` should keep."""
     if calibrate_sample:
-        return calibrate(root, params, pairs, sample=calibrate_sample)
+        return calibrate(root, params, pairs, sample=calibrate_sample, max_pixels=max_pixels)
     if (
         previous is not None
         and previous.get("calibration")
@@ -439,6 +454,7 @@ def _tasks_allowed_by_record(
     force: bool,
     overlays: bool,
     engine: str,
+    max_pixels: int | None = None,
 ) -> list[_TileTask]:
     """The tile tasks, once ``extraction.json`` (or its absence) allows writing with ``params_dict``.
 
@@ -446,7 +462,7 @@ def _tasks_allowed_by_record(
     run's: either the run resumes with the recorded parameters, or ``force``
     replaces every tile.
     """
-    tasks = _make_tasks(root, pairs, params, force, overlays, engine)
+    tasks = _make_tasks(root, pairs, params, force, overlays, engine, max_pixels)
     if previous is not None and previous["params"] != params_dict and not force:
         diff = "; ".join(_differences(previous["params"], params_dict))
         raise TdkstainError(
@@ -455,7 +471,7 @@ def _tasks_allowed_by_record(
         )
     if previous is not None and previous["params"] != params_dict:
         force = True  # new parameters: nothing old may stay
-        tasks = _make_tasks(root, pairs, params, force, overlays, engine)
+        tasks = _make_tasks(root, pairs, params, force, overlays, engine, max_pixels)
     if previous is None and not force:
         foreign = next(
             (t for t in tasks if any(Path(p).exists() for p in (t.dab, t.dab_mask, t.density, t.centroids))), None

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from tdkstain import __version__
-from tdkstain.plumbing.atomic import write_text_atomic
+from tdkstain.plumbing.atomic import display_name, read_error, safe_strings, write_text_atomic
 from tdkstain.plumbing.errors import TdkstainError
 
 EXTRACTION_JSON = "extraction.json"
@@ -78,8 +78,11 @@ class ExtractionSummary:
         if self.report is not None:
             lines.append(f"report:     {self.report}")
         for tile in self.bad:
-            lines.append(f"bad tile:   {tile.ihc}: {tile.error}")
-        return "\n".join(lines)
+            # The reader's message starts with the file already; say it once.
+            error = tile.error or ""
+            lines.append(f"bad tile:   {error if error.startswith(tile.ihc) else f'{tile.ihc}: {error}'}")
+        # One line each, printable whatever the file names hold (not UTF-8, a newline).
+        return "\n".join(display_name(line) for line in lines)
 
 
 # --------------------------------------------------------------------------- file helpers
@@ -135,8 +138,12 @@ def read_extraction_record(root: str | os.PathLike) -> dict | None:
     if not path.exists():
         return None
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
+        data = path.read_bytes()
+    except OSError as err:
+        raise read_error(path, err) from None
+    try:
+        record = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise TdkstainError(f"{path}: not readable JSON ({err}); delete it and rerun with --force") from None
     if not isinstance(record, dict) or "params" not in record:
         raise TdkstainError(f"{path}: no 'params' entry; it was not written by tdkstain extract. Delete it and rerun")
@@ -171,7 +178,8 @@ def _write_record(root: Path, params_dict: dict, calibration: dict | None, **ext
         "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **extra,
     }
-    write_text_atomic(root / EXTRACTION_JSON, json.dumps(record, indent=2) + "\n")
+    # File names in it (calibration tiles, bad tiles) may not be valid UTF-8: written with U+FFFD.
+    write_text_atomic(root / EXTRACTION_JSON, json.dumps(safe_strings(record), indent=2) + "\n")
 
 
 def remove_temporaries(dirs: Iterable[Path]) -> int:

@@ -1,4 +1,10 @@
-"""The quality report of an extracted dataset (issue 10): ``ROOT/extraction_report/``."""
+"""The quality report of an extracted dataset (issue 10): ``ROOT/extraction_report/``.
+
+File names need not be valid UTF-8 (``b"tile_\\xff.png"`` on Linux): the
+page and ``report.json`` show such a byte as U+FFFD
+(``plumbing.atomic.safe_text``), and links percent-encode the name's own
+bytes (``%FF``), so they still open the file.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from tdkstain.plumbing.atomic import write_text_atomic
+from tdkstain.plumbing.atomic import safe_strings, write_text_atomic
 from tdkstain.knowledge.extraction.records import (
     HER2_ORDER,
     REPORT_DIR,
@@ -98,7 +104,14 @@ def _extremes(tiles: list[TileResult], per_kind: int) -> list[tuple[list[str], T
     return list(chosen.values())
 
 
-def write_quality_report(root: str | os.PathLike, summary: ExtractionSummary, extremes_per_kind: int = 3) -> Path:
+def _href(relative: str) -> str:
+    """A relative URL for a file of the report: the name's bytes percent-encoded, whatever their encoding."""
+    return quote(relative, errors="surrogateescape")
+
+
+def write_quality_report(
+    root: str | os.PathLike, summary: ExtractionSummary, extremes_per_kind: int = 3, *, max_pixels: int | None = None
+) -> Path:
     """Write ``ROOT/extraction_report/`` (index.html, plots, overlays, report.json); return index.html's path.
 
     Shows the stained fraction and nuclei count per HER2 score (box and strip
@@ -106,6 +119,7 @@ def write_quality_report(root: str | os.PathLike, summary: ExtractionSummary, ex
     contour in green, nuclei centroids in magenta), the check "stained
     fraction rises with HER2 score" (red at the top when it fails) and the
     bad tiles. All links are relative and point to files written here.
+    ``max_pixels``: the pixel limit for reading the IHC tiles again (None: the reader's default).
     """
     root = Path(root)
     out = root / REPORT_DIR
@@ -118,7 +132,7 @@ def write_quality_report(root: str | os.PathLike, summary: ExtractionSummary, ex
     groups = _her2_groups(good)
     per_score = [_score_row(label, members) for label, members in groups]
     plots = _write_plots(out, groups) if good else {}
-    extremes = _write_extreme_overlays(root, out / "overlays", good, extremes_per_kind)
+    extremes = _write_extreme_overlays(root, out / "overlays", good, extremes_per_kind, max_pixels)
 
     report = {
         "root": str(root),
@@ -137,7 +151,7 @@ def write_quality_report(root: str | os.PathLike, summary: ExtractionSummary, ex
         ],
         "files": {"plots": plots, "json": "report.json"},
     }
-    write_text_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out / "report.json", json.dumps(safe_strings(report), indent=2) + "\n")
     index = out / "index.html"
     write_text_atomic(index, _render_html(root, mode, check, per_score, plots, extremes, summary))
     return index
@@ -187,7 +201,9 @@ def _write_plots(out: Path, groups: list[tuple[str | None, list[TileResult]]]) -
     return plots
 
 
-def _write_extreme_overlays(root: Path, overlay_dir: Path, good: list[TileResult], per_kind: int) -> list[dict]:
+def _write_extreme_overlays(
+    root: Path, overlay_dir: Path, good: list[TileResult], per_kind: int, max_pixels: int | None = None
+) -> list[dict]:
     """Draw the overlay of each extreme tile (see ``_extremes``) into ``overlay_dir``; return their report entries."""
     from tdkstain.data import images
     from tdkstain.data.pairs import knowledge_paths
@@ -201,7 +217,7 @@ def _write_extreme_overlays(root: Path, overlay_dir: Path, good: list[TileResult
         target = overlay_dir / name
         if not target.exists():
             paths = knowledge_paths(root, tile.split, tile.stem)
-            ihc = images.read_rgb(tile.ihc)
+            ihc = images.read_rgb(tile.ihc, **({} if max_pixels is None else {"max_pixels": max_pixels}))
             overlay = membrane_nuclei_overlay(ihc, images.read_gray(paths.dab_mask), read_centroids_csv(paths.nuclei_csv))
             images.write_png(target, overlay)
         extremes.append({"reasons": reasons, "split": tile.split, "stem": tile.stem, "her2": tile.label,
@@ -252,14 +268,14 @@ def _render_html(
     parts.append("</table>")
     for key, caption in (("stained_fraction", "Stained fraction per HER2 score"), ("nuclei_count", "Nuclei count per HER2 score")):
         if key in plots:
-            parts.append(f"<figure><img src='{quote(plots[key])}' alt='{e(caption)}'><figcaption>{e(caption)}</figcaption></figure>")
+            parts.append(f"<figure><img src='{_href(plots[key])}' alt='{e(caption)}'><figcaption>{e(caption)}</figcaption></figure>")
     if extremes:
         parts.append("<h2>Most extreme tiles</h2><p>IHC with the membrane mask outlined in green and nuclei centroids "
                      "as magenta dots.</p>")
         for item in extremes:
             caption = (f"{', '.join(item['reasons'])}: {item['split'] or ''} {item['stem']} (HER2 {_label_name(item['her2'])}), "
                        f"stained fraction {item['stained_fraction']:.3f}, {item['nuclei_count']} nuclei")
-            parts.append(f"<figure><a href='{quote(item['overlay'])}'><img class='tile' src='{quote(item['overlay'])}' "
+            parts.append(f"<figure><a href='{_href(item['overlay'])}'><img class='tile' src='{_href(item['overlay'])}' "
                          f"alt='{e(caption)}'></a><figcaption>{e(caption)}</figcaption></figure>")
     if summary.bad:
         parts.append("<h2>Bad tiles (skipped)</h2><ul>")
