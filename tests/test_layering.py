@@ -29,9 +29,11 @@ ALLOWED: dict[str, set[str]] = {
     "slides": {"plumbing", "models", "weights", "data", "inference"},
     "metrics": {"plumbing", "data", "weights"},
     "synth": {"plumbing", "data", "knowledge"},
+    "scoring": {"plumbing", "data", "knowledge", "slides", "models", "weights", "inference"},
     "methods": {"plumbing", "models", "weights"},
-    "evaluation": {"plumbing", "data", "knowledge", "metrics", "weights", "models", "inference"},
-    "training": {"plumbing", "data", "models", "weights", "methods", "evaluation", "knowledge", "metrics", "inference"},
+    "evaluation": {"plumbing", "data", "knowledge", "metrics", "weights", "models", "inference", "scoring", "slides"},
+    "training": {"plumbing", "data", "models", "weights", "methods", "evaluation", "knowledge", "metrics", "inference",
+                 "scoring", "slides"},
 }
 # What "training code" means for the inference packages: no method, optimiser step, config or trainer,
 # and not the config library.

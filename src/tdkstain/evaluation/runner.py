@@ -10,6 +10,10 @@ aggregate -> ``metrics.json``, ``per_image.csv``, plots and ``index.html``
 With several methods (``--compare``), every method is evaluated on the tiles
 that all of them generated (a fair table); tiles some method lacks are
 listed in the output.
+
+An evaluation of a single tile still reports SSIM, PSNR, DISTS, LPIPS and the
+knowledge analyses; FID and KID, which need at least two tiles, are marked
+unavailable with the reason, as for missing weights.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import numpy as np
 
 from tdkstain import __version__
 from tdkstain.plumbing.jsonsafe import json_safe
-from tdkstain.plumbing.atomic import write_text_atomic
+from tdkstain.plumbing.atomic import read_error, safe_strings, write_error, write_text_atomic
 from tdkstain.plumbing.errors import TdkstainError
 from tdkstain.evaluation.analyses import MEMBRANE_THRESHOLDS, TileAnalysis, aggregate, compare_tile, real_knowledge
 from tdkstain.evaluation.pairing import ImagePair, Pairing, pair_by_stem, read_labels_csv
@@ -40,6 +44,8 @@ from tdkstain.data.images import read_rgb
 from tdkstain.knowledge.maps import ExtractionParams
 
 METRICS_JSON = "metrics.json"
+# Fewest tiles FID and KID are defined on (tdkstain.metrics.fid.MIN_IMAGES; tested equal).
+FID_MIN_TILES = 2
 PER_IMAGE_CSV = "per_image.csv"
 _METHOD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
@@ -79,6 +85,9 @@ class EvaluationOptions:
     extraction: str | None = None  # extraction.json or a dataset root holding one; None: look beside --real
     thresholds: tuple[float, ...] = MEMBRANE_THRESHOLDS
     progress: bool = True
+    max_pixels: int | None = None  # largest tile read, in pixels; None: tdkstain.data.images.DEFAULT_MAX_PIXELS
+    her2: bool = True  # score HER2 on the real and the generated IHC of each pair (tdkstain.scoring) and compare
+    scoring: Any = None  # tdkstain.scoring.ScoringParams; None: its defaults at the extraction's nuclei mpp
 
 
 @dataclass
@@ -91,6 +100,7 @@ class TileRecord:
     psnr: float
     analysis: TileAnalysis
     perceptual: dict[str, float] = field(default_factory=dict)  # "dists"/"lpips" -> value
+    her2: dict | None = None  # real and generated HER2 score, H-score and DAB measures (_her2_of_pair)
 
 
 @dataclass
@@ -165,25 +175,55 @@ def check_method_name(name: str) -> str:
 # --------------------------------------------------------------------------- per-tile work (worker processes)
 
 
+def _read(path: str | os.PathLike, max_pixels: int | None) -> np.ndarray:
+    """``read_rgb`` with the evaluation's pixel limit (None: the reader's default)."""
+    return read_rgb(path) if max_pixels is None else read_rgb(path, max_pixels=max_pixels)
+
+
 def _tile_task(
-    stem: str, real_path: str, fakes: list[tuple[str, str]], params_dict: dict, thresholds: tuple[float, ...]
-) -> dict[str, tuple[float, float, TileAnalysis]]:
-    """SSIM, PSNR and the knowledge analyses of every method's tile ``stem`` (real knowledge computed once)."""
+    stem: str, real_path: str, fakes: list[tuple[str, str]], params_dict: dict, thresholds: tuple[float, ...],
+    max_pixels: int | None = None, scoring_dict: dict | None = None,
+) -> dict[str, tuple[float, float, TileAnalysis, dict | None]]:
+    """SSIM, PSNR, the knowledge analyses and the HER2 comparison of every method's tile ``stem``.
+
+    The real tile's knowledge and HER2 score are computed once; ``scoring_dict`` None: no HER2 scoring.
+    """
     from tdkstain.metrics.image import psnr, ssim
 
     params = ExtractionParams.from_dict(params_dict)
-    real = read_rgb(real_path)
+    real = _read(real_path, max_pixels)
     known = real_knowledge(real, params, thresholds)
+    real_score = None
+    if scoring_dict is not None:
+        from tdkstain.scoring import ScoringParams, score_tile
+
+        scoring = ScoringParams.from_dict(scoring_dict)
+        real_score = score_tile(real, scoring).result
     out = {}
     for method, fake_path in fakes:
-        fake = read_rgb(fake_path)
+        fake = _read(fake_path, max_pixels)
         if fake.shape != real.shape:
             raise TdkstainError(
                 f"{fake_path} is {fake.shape[1]}x{fake.shape[0]} px but its real tile {real_path} is "
                 f"{real.shape[1]}x{real.shape[0]} px; generate at the real tile's size"
             )
-        out[method] = (ssim(real, fake), psnr(real, fake), compare_tile(known, fake, params, thresholds))
+        her2 = None if real_score is None else _her2_of_pair(real, fake, real_score, scoring)
+        out[method] = (ssim(real, fake), psnr(real, fake), compare_tile(known, fake, params, thresholds), her2)
     return out
+
+
+def _her2_of_pair(real: np.ndarray, fake: np.ndarray, real_score: Any, scoring: Any) -> dict:
+    """HER2 score and H-score of the real and the generated tile, and their pixel-level DAB agreement."""
+    from tdkstain.scoring import score_tile
+    from tdkstain.scoring.agreement import dab_measures
+
+    fake_score = score_tile(fake, scoring).result
+    return {
+        "real_score": real_score.score, "generated_score": fake_score.score,
+        "real_h_score": real_score.h_score, "generated_h_score": fake_score.h_score,
+        "real_tumour_cells": real_score.tumour_cells, "generated_tumour_cells": fake_score.tumour_cells,
+        **dab_measures(real, fake),
+    }
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -209,11 +249,22 @@ class _DeepMetrics:
     canonical: dict[str, bool] = field(default_factory=dict)
 
 
-def _load_deep_metrics(options: EvaluationOptions) -> _DeepMetrics:
+def _too_few_tiles_for_fid(n_tiles: int, minimum: int) -> str:
+    return (
+        f"FID and KID need at least {minimum} tiles (FID fits a covariance to each set's Inception features, "
+        f"KID averages a kernel over pairs of different tiles); this evaluation has {n_tiles}"
+    )
+
+
+def _load_deep_metrics(options: EvaluationOptions, n_tiles: int | None = None) -> _DeepMetrics:
+    """The feature networks of the asked metrics; ``n_tiles``: tiles to evaluate (FID and KID need 2 or more)."""
     from tdkstain.weights.files import MetricUnavailable
 
     deep = _DeepMetrics()
-    if options.fid:
+    if options.fid and n_tiles is not None and n_tiles < FID_MIN_TILES:
+        # Not an error: the other metrics stand; the Inception network is not even loaded.
+        deep.unavailable["fid"] = deep.unavailable["kid"] = _too_few_tiles_for_fid(n_tiles, FID_MIN_TILES)
+    elif options.fid:
         try:
             from tdkstain.metrics import fid  # noqa: F401  (FeatureStats, frechet_distance, KID)
             from tdkstain.metrics.inception import InceptionFeatures
@@ -301,13 +352,14 @@ def evaluate(
     labels = read_labels_csv(labels_csv) if labels_csv is not None else None
     params, params_source = resolve_extraction_params(real_dir, options.extraction)
     results = [
-        MethodResult(name, Path(folder), pair_by_stem(real_dir, folder, he_dir, labels)) for name, folder in methods.items()
+        MethodResult(name, Path(folder), _pair_by_stem(real_dir, folder, he_dir, labels)) for name, folder in methods.items()
     ]
     pairs, fakes = _tiles_of_every_method(results)
     log(f"evaluate: {len(pairs)} tiles x {len(results)} method(s); extraction settings: {params_source}")
+    _make_report_folder(out_dir)  # before minutes of work: a file in the way is found now
 
     started = time.perf_counter()
-    deep = _load_deep_metrics(options)
+    deep = _load_deep_metrics(options, len(pairs))
     for metric, reason in deep.unavailable.items():
         log(f"evaluate: {metric.upper()} unavailable: {reason}")
     measured = _measure_tiles(pairs, results, fakes, params, deep, options)
@@ -316,16 +368,41 @@ def evaluate(
     for r in results:
         r.summary = _summarise(r, real_all, deep, options)
 
-    metrics = _metrics_document(real_dir, he_dir, labels_csv, pairs, params, params_source, deep, results, started)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = _metrics_document(real_dir, he_dir, labels_csv, pairs, params, params_source, deep, results, started,
+                                options)
+    _make_report_folder(out_dir)
     _write_per_image_csv(out_dir / PER_IMAGE_CSV, results, options.thresholds)
-    write_text_atomic(out_dir / METRICS_JSON, json.dumps(json_safe(metrics), indent=2) + "\n")
+    # Stems and folders that are not valid UTF-8 are written with U+FFFD (plumbing.atomic.safe_text).
+    write_text_atomic(out_dir / METRICS_JSON, json.dumps(safe_strings(json_safe(metrics)), indent=2) + "\n")
 
     from tdkstain.evaluation.report import write_report
 
     write_report(out_dir, metrics, results, pairs, params, options)
     log(f"evaluate: wrote {out_dir / METRICS_JSON}, {out_dir / PER_IMAGE_CSV} and {out_dir / 'index.html'}")
     return metrics
+
+
+def _pair_by_stem(real_dir: Path, fake_dir: str | os.PathLike, he_dir: str | os.PathLike | None,
+                  labels: dict[str, str] | None) -> Pairing:
+    """``pair_by_stem``; a folder that cannot be listed is an error about *reading* it, naming it."""
+    try:
+        return pair_by_stem(real_dir, fake_dir, he_dir, labels)
+    except OSError as err:
+        if err.filename is None:
+            raise
+        where = Path(os.fsdecode(err.filename))
+        raise read_error(where, err, folder=os.path.isdir(where)) from err
+
+
+def _make_report_folder(out_dir: Path) -> None:
+    """Create the report folder; a file in the way or a folder refusing writes is an error naming it."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        friendly = write_error(out_dir / METRICS_JSON, err, atomic=False)
+        if friendly is None:
+            raise
+        raise friendly from err
 
 
 def _check_request(methods: dict[str, str | os.PathLike], options: EvaluationOptions) -> None:
@@ -373,8 +450,10 @@ def _measure_tiles(
     options: EvaluationOptions,
 ) -> _TileMeasurements:
     """One pass over the tiles: knowledge work in worker processes (or here), feature networks here, batch by batch."""
+    scoring = her2_scoring_params(options, params).to_dict() if options.her2 else None
     tasks = [
-        (p.stem, str(p.real), [(r.name, str(fakes[r.name][p.stem])) for r in results], params.to_dict(), tuple(options.thresholds))
+        (p.stem, str(p.real), [(r.name, str(fakes[r.name][p.stem])) for r in results], params.to_dict(),
+         tuple(options.thresholds), options.max_pixels, scoring)
         for p in pairs
     ]
     executor = ProcessPoolExecutor(options.workers, mp_context=_pool_context()) if options.workers > 1 else None
@@ -389,7 +468,7 @@ def _measure_tiles(
             if futures is None:  # one process: the knowledge work of this batch, here
                 tile_results.extend(_tile_task(*t) for t in tasks[start : start + len(batch)])
             if deep.inception is not None or deep.perceptual:
-                _deep_batch(batch, results, fakes, deep, real_features, perceptual_values)
+                _deep_batch(batch, results, fakes, deep, real_features, perceptual_values, options.max_pixels)
             progress(len(batch))
         if futures is not None:
             tile_results = [f.result() for f in futures]
@@ -403,9 +482,10 @@ def _attach_records(results: list[MethodResult], pairs: list[ImagePair], measure
     """Give every method one ``TileRecord`` per pair, in the order of ``pairs``."""
     for r in results:
         for p, per_method in zip(pairs, measured.per_tile):
-            ssim_value, psnr_value, analysis = per_method[r.name]
+            ssim_value, psnr_value, analysis, her2 = per_method[r.name]
             r.records.append(
-                TileRecord(p.stem, p.label, ssim_value, psnr_value, analysis, measured.perceptual[r.name].get(p.stem, {}))
+                TileRecord(p.stem, p.label, ssim_value, psnr_value, analysis, measured.perceptual[r.name].get(p.stem, {}),
+                           her2)
             )
 
 
@@ -419,6 +499,7 @@ def _metrics_document(
     deep: _DeepMetrics,
     results: list[MethodResult],
     started: float,
+    options: EvaluationOptions,
 ) -> dict:
     """The content of ``metrics.json``: the inputs, the settings, the definitions and every method's summary."""
     return {
@@ -432,7 +513,8 @@ def _metrics_document(
         "tiles_per_label": {lab: sum(p.label == lab for p in pairs) for lab in ("0", "1+", "2+", "3+", None) if any(p.label == lab for p in pairs)},
         "extraction_params": params.to_dict(),
         "extraction_params_source": params_source,
-        "definitions": _definitions(deep),
+        "definitions": _definitions(deep, options.her2),
+        "her2_scoring_params": her2_scoring_params(options, params).to_dict() if options.her2 else None,
         "methods": {
             r.name: {
                 "fake_dir": str(r.fake_dir),
@@ -465,13 +547,14 @@ def _deep_batch(
     deep: _DeepMetrics,
     real_features: list[np.ndarray],
     perceptual_values: dict[str, dict[str, dict[str, float]]],
+    max_pixels: int | None = None,
 ) -> None:
     """Inception features of one batch of real and generated tiles, and their perceptual distances."""
-    real_images = [read_rgb(p.real) for p in batch]
+    real_images = [_read(p.real, max_pixels) for p in batch]
     if deep.inception is not None:
         real_features.extend(deep.inception(group) for group in _stack(real_images))
     for r in results:
-        fake_images = [read_rgb(fakes[r.name][p.stem]) for p in batch]
+        fake_images = [_read(fakes[r.name][p.stem], max_pixels) for p in batch]
         for p, real, fake in zip(batch, real_images, fake_images):
             if fake.shape != real.shape:
                 raise TdkstainError(
@@ -499,7 +582,13 @@ def _summarise(r: MethodResult, real_features: np.ndarray | None, deep: _DeepMet
         "psnr": {**(_mean_std(finite) if finite else {"mean": None, "std": None, "n": 0}),
                  "identical_pairs": len(psnr_values) - len(finite), "canonical": True},
     }
-    if real_features is not None and r.features:
+    n_real = 0 if real_features is None else len(real_features)
+    n_fake = sum(len(f) for f in r.features)
+    if real_features is not None and min(n_real, n_fake) < FID_MIN_TILES:
+        # Every caller passes n_tiles to _load_deep_metrics, which leaves Inception out then; kept for safety.
+        deep.unavailable.setdefault("fid", _too_few_tiles_for_fid(min(n_real, n_fake), FID_MIN_TILES))
+        deep.unavailable.setdefault("kid", deep.unavailable["fid"])
+    if real_features is not None and min(n_real, n_fake) >= FID_MIN_TILES:
         from tdkstain.metrics import fid
 
         fake_features = np.concatenate(r.features)
@@ -526,10 +615,46 @@ def _summarise(r: MethodResult, real_features: np.ndarray | None, deep: _DeepMet
         else:
             summary[metric] = {"available": False, "reason": deep.unavailable.get(metric, "not computed")}
     summary["knowledge"] = aggregate([rec.analysis for rec in r.records], [rec.label for rec in r.records], options.thresholds)
+    if options.her2:
+        summary["her2"] = _her2_summary(r.records)
     return summary
 
 
-def _definitions(deep: _DeepMetrics) -> dict:
+def her2_scoring_params(options: EvaluationOptions, params: ExtractionParams) -> Any:
+    """The HER2 scoring settings of an evaluation: ``options.scoring``, or the defaults at the tiles' mpp."""
+    from tdkstain.scoring import CellParams, ScoringParams
+
+    if options.scoring is not None:
+        return options.scoring.validate()
+    return ScoringParams(cells=CellParams(mpp=params.nuclei.mpp)).validate()
+
+
+def _her2_summary(records: list[TileRecord]) -> dict:
+    """Agreement of the generated with the real HER2 scores (scoring.agreement), and the mean DAB measures."""
+    from tdkstain.scoring.agreement import score_agreement
+
+    her2 = [rec.her2 for rec in records]
+    agreement = score_agreement([h["real_score"] for h in her2], [h["generated_score"] for h in her2],
+                                [h["real_h_score"] for h in her2], [h["generated_h_score"] for h in her2])
+    out = agreement.to_dict()
+    out["h_score_pairs"] = agreement.h_score_pairs
+    for key in ("dab_pearson_r", "dab_kl", "iod_rel_diff"):
+        values = [h[key] for h in her2 if math.isfinite(h[key])]
+        out[key] = _mean_std(values) if values else {"mean": None, "std": None, "n": 0}
+    abs_rel = [abs(h["iod_rel_diff"]) for h in her2 if math.isfinite(h["iod_rel_diff"])]
+    out["iod_abs_rel_diff"] = _mean_std(abs_rel) if abs_rel else {"mean": None, "std": None, "n": 0}
+    labelled = [(rec.label, rec.her2["real_score"]) for rec in records if rec.label is not None]
+    if labelled:
+        # How the scorer reads the real IHC against the dataset's own labels: what the agreement above can be trusted to.
+        real_vs_label = score_agreement([lab for lab, _ in labelled], [score for _, score in labelled])
+        out["real_vs_label"] = real_vs_label.to_dict()
+    return out
+
+
+def _definitions(deep: _DeepMetrics, her2: bool) -> dict:
+    from tdkstain.scoring.agreement import DEFINITIONS as HER2_DEFINITIONS
+
+    her2_definitions = {key: {"definition": text, "canonical": True} for key, text in HER2_DEFINITIONS.items()}
     return {
         "ssim": {"definition": SSIM_DEFINITION, "canonical": True},
         "psnr": {"definition": PSNR_DEFINITION, "canonical": True},
@@ -541,7 +666,23 @@ def _definitions(deep: _DeepMetrics) -> dict:
                   "available": "dists" not in deep.unavailable},
         "lpips": {"definition": LPIPS_DEFINITION, "canonical": deep.canonical.get("lpips", False),
                   "available": "lpips" not in deep.unavailable},
+        **(her2_definitions if her2 else {}),
     }
+
+
+HER2_CSV_COLUMNS = ("her2_real", "her2_generated", "h_score_real", "h_score_generated", "tumour_cells_real",
+                    "tumour_cells_generated", "dab_pearson_r", "dab_kl", "iod_real", "iod_generated", "iod_rel_diff")
+
+
+def _her2_cells(her2: dict | None) -> list[str]:
+    """The HER2 columns of one per_image.csv row (not scorable: empty score)."""
+    if her2 is None:
+        return [""] * len(HER2_CSV_COLUMNS)
+    number = lambda v: "" if v is None or not math.isfinite(v) else f"{v:.6g}"  # noqa: E731
+    return [her2["real_score"] or "", her2["generated_score"] or "", number(her2["real_h_score"]),
+            number(her2["generated_h_score"]), str(her2["real_tumour_cells"]), str(her2["generated_tumour_cells"]),
+            number(her2["dab_pearson_r"]), number(her2["dab_kl"]), number(her2["iod_real"]),
+            number(her2["iod_virtual"]), number(her2["iod_rel_diff"])]
 
 
 def _write_per_image_csv(path: Path, results: list[MethodResult], thresholds: tuple[float, ...]) -> None:
@@ -551,6 +692,9 @@ def _write_per_image_csv(path: Path, results: list[MethodResult], thresholds: tu
     header += [f"membrane_mae@{t:.2f}" for t in thresholds]
     header += [f"fraction_real@{t:.2f}" for t in thresholds]
     header += [f"fraction_generated@{t:.2f}" for t in thresholds]
+    her2 = any(rec.her2 for r in results for rec in r.records)
+    if her2:
+        header += list(HER2_CSV_COLUMNS)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -562,6 +706,7 @@ def _write_per_image_csv(path: Path, results: list[MethodResult], thresholds: tu
                  *(f"{rec.perceptual[k]:.6f}" if k in rec.perceptual else "" for k in perceptual),
                  a.nuclei_real, a.nuclei_generated, a.nuclei_difference, f"{a.membrane_mae_training:.6f}",
                  *(f"{v:.6f}" for v in a.membrane_mae), *(f"{v:.6f}" for v in a.fraction_real),
-                 *(f"{v:.6f}" for v in a.fraction_generated)]
+                 *(f"{v:.6f}" for v in a.fraction_generated),
+                 *(_her2_cells(rec.her2) if her2 else ())]
             )
     write_text_atomic(path, buffer.getvalue())

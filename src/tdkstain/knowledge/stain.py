@@ -97,6 +97,11 @@ def _as_float_rgb(rgb: np.ndarray) -> np.ndarray:
     raise ValueError(f"expected uint8, uint16 or float RGB, got dtype {rgb.dtype}")
 
 
+# rgb2hed's densities are decadic optical density / 6 (log base 1e-6): x 6 gives the OD that
+# QuPath's stain vectors and thresholds (e.g. positive cell detection's 0.2 / 0.4 / 0.6) are in.
+OD_PER_HED_UNIT = 6.0
+
+
 def rgb_to_hed(rgb: np.ndarray, clip: bool = True) -> np.ndarray:
     """Haematoxylin, eosin, DAB densities of an RGB image (``skimage.color.rgb2hed``).
 

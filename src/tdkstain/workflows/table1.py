@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -232,11 +233,15 @@ def _is_done(method: BenchmarkMethod, tiles: int) -> bool:
     if not marker.is_file():
         return False
     try:
-        record = json.loads(marker.read_text())
-    except (OSError, json.JSONDecodeError):
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # unreadable, not UTF-8 (UnicodeDecodeError) or not JSON: not finished
         return False
+    if not isinstance(record, dict) or not isinstance(record.get("config", {}), dict):
+        return False
+
     def without_budget(config: dict) -> dict:
-        return {**config, "train": {k: v for k, v in config.get("train", {}).items() if k != "max_steps"}}
+        train = config.get("train", {})
+        return {**config, "train": {k: v for k, v in train.items() if k != "max_steps"} if isinstance(train, dict) else train}
 
     if record.get("config") != method.cfg.to_dict():
         if without_budget(record.get("config", {})) == without_budget(method.cfg.to_dict()):
@@ -325,6 +330,10 @@ COLUMNS: tuple[tuple[str, tuple[str, ...], int, str], ...] = (
     ("LPIPS", ("lpips", "mean"), 4, "lower"),
     ("nuclei count MAE", ("knowledge", "nuclei", "mae"), 2, "lower"),
     ("membrane mask MAE", ("knowledge", "membrane", "mean_mask_mae"), 4, "lower"),
+    # HER2 agreement of generated with real IHC (tdkstain score on both; evaluation's "her2" entry)
+    ("HER2 kappa", ("her2", "kappa"), 3, "higher"),
+    ("HER2 accuracy", ("her2", "accuracy"), 3, "higher"),
+    ("H-score MAE", ("her2", "h_score_mae"), 1, "lower"),
 )
 
 
@@ -333,7 +342,9 @@ def _get(entry: dict, path: tuple[str, ...]) -> float | None:
         if not isinstance(entry, dict) or key not in entry:
             return None
         entry = entry[key]
-    return float(entry) if isinstance(entry, (int, float)) and entry is not None else None
+    if not isinstance(entry, (int, float)) or isinstance(entry, bool) or not math.isfinite(entry):
+        return None  # missing, or undefined (a kappa over pairs all of one score is NaN)
+    return float(entry)
 
 
 def table_rows(metrics: dict, methods: list[BenchmarkMethod]) -> list[dict[str, Any]]:

@@ -604,3 +604,44 @@ def extract_tiles(
     if engine == "torch":
         return extract_tiles_torch(tiles, params, device)
     raise TdkstainError(f"extraction engine {engine!r} is unknown: use one of {', '.join(ENGINES)}")
+
+
+def nuclei_and_stains(
+    ihc: np.ndarray, params: nuclei.NucleiParams | None = None, device: str | torch.device = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The nuclei behind ``detect_nuclei``'s centroids as instance labels, and the tile's stain densities.
+
+    What the HER2 scorer (``tdkstain.scoring``) grows cells from: the
+    classical backend's watershed instances (exact h-maxima here, as
+    :func:`extract_tiles_torch`) of which only those inside the size window
+    (``min_diameter_um``..``max_diameter_um``) are kept, relabelled 1..N in
+    raster order of their first pixel.
+
+    Args:
+        ihc: (H, W, 3) uint8 RGB IHC.
+        params: ``NucleiParams`` (classical backend; ``mpp`` sets the size window).
+    Returns:
+        ``(labels, hed)``: (H, W) int32, 0 = background; (H, W, 3) float64
+        ``stain.rgb_to_hed(ihc)`` (haematoxylin, eosin, DAB; rgb2hed units, >= 0).
+    """
+    params = params or nuclei.NucleiParams()
+    params.validate()
+    ihc = knowledge._check_ihc(ihc, "ihc")
+    hed = _hed(ihc, _HED_LOG)
+    if params.mode == "release":
+        mask = nuclei._release_mask(ihc, params, hed[..., 0])
+    else:
+        mask = nuclei._adaptive_mask(ihc, params, _white_balanced_hematoxylin(ihc, params))
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32), hed
+    relief, levels, h = nuclei._classical_relief(ihc, mask, params, hed[..., 0])
+    with _single_thread_on_cpu(torch.device(device)):
+        seeds = h_maxima_torch(levels[None], h, device)[0]
+    labels = nuclei._watershed_from_seeds(relief, mask, seeds)
+    area = np.bincount(labels.ravel())
+    keep = (area >= nuclei._disk_area_px(params.min_diameter_um, params)) & (
+        area <= nuclei._disk_area_px(params.max_diameter_um, params))
+    keep[0] = False
+    new_ids = np.zeros(len(area), np.int32)
+    new_ids[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return new_ids[labels], hed
