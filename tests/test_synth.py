@@ -156,6 +156,46 @@ def test_he_carries_a_weak_cue_of_her2():
     assert tumour[3] > 1.2 * tumour[0], tumour
 
 
+def test_at_cue_0_the_he_does_not_depend_on_the_score_at_all():
+    """The honest control: the H&E of a tile is bit for bit the same whatever its score; its IHC is not."""
+    for seed in (3, 4):
+        pairs = [render_pair(seed, 96, her2=h, cue=0) for h in range(4)]
+        for other in pairs[1:]:
+            np.testing.assert_array_equal(other.he, pairs[0].he)
+        assert not np.array_equal(pairs[3].ihc, pairs[0].ihc)
+        # ... while any cue > 0 lets the score show in the H&E
+        assert not np.array_equal(render_pair(seed, 96, her2=3, cue=0.5).he, render_pair(seed, 96, her2=0, cue=0.5).he)
+
+
+def _tumour_nucleus_area(pair) -> float:
+    """Mean area (px) of the haematoxylin blobs holding a true tumour nucleus of the H&E."""
+    hema = rgb2hed(pair.he)[..., 0]
+    labels, _ = ndimage.label(hema > threshold_otsu(hema))
+    rows, cols = np.round(pair.he_nuclei[pair.cell_types == "tumour"]).astype(int).T
+    ids = np.unique(labels[rows.clip(0, 255), cols.clip(0, 255)])
+    ids = ids[ids > 0]
+    return float(np.mean(np.bincount(labels.ravel())[ids]))
+
+
+def test_the_cue_strength_scales_the_score_dependence_of_the_he():
+    """At strength 3 the 3+ tumour nuclei are larger than at strength 1 (8 um x (1 + 0.07 x 9) vs (1 + 0.07 x 3))."""
+    areas = {cue: np.mean([_tumour_nucleus_area(render_pair(s, 256, her2=3, cue=cue)) for s in (20, 21)]) for cue in (0, 1, 3)}
+    # expected ratios of areas: (1.21 / 1)^2 = 1.46 and (1.63 / 1.21)^2 = 1.81, blurred by the detector
+    assert areas[0] < areas[1] < areas[3], areas
+    assert areas[3] / areas[1] > 1.3 and areas[1] / areas[0] > 1.15, areas
+
+
+def test_cue_1_is_the_default_and_the_cue_is_recorded(tmp_path):
+    np.testing.assert_array_equal(render_pair(7, 64, her2=2).he, render_pair(7, 64, her2=2, cue=1.0).he)
+    write_dataset(tmp_path, 4, 64, seed=2, cue=2.5, test_fraction=0.5)
+    assert json.loads((tmp_path / "synth.json").read_text())["her2_cue"] == 2.5
+    truth = json.loads(next((tmp_path / "test_truth").glob("*.json")).read_text())
+    assert truth["her2_cue"] == 2.5
+    pair = render_pair(truth["seed"], truth["size"], truth["her2_score"], misregister=truth["misregister"],
+                       cue=truth["her2_cue"])
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "test_HE" / f"{truth['stem']}.png")), pair.he)
+
+
 # --------------------------------------------------------------------------- failure cases
 
 
@@ -318,6 +358,9 @@ def test_refuses_foreign_folder_and_replaces_previous_output(tmp_path):
         ({"test_fraction": 1.5}, "--test-fraction"),
         ({"failures": ("none", "smudge")}, "smudge"),
         ({"misregister": -1.0}, "--misregister"),
+        ({"cue": -0.5}, "--her2-cue"),
+        ({"cue": 99.0}, "--her2-cue"),
+        ({"cue": float("nan")}, "--her2-cue"),
     ],
 )
 def test_bad_arguments_are_user_errors(tmp_path, kwargs, message):

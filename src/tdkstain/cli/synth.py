@@ -46,6 +46,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest displacement of the IHC section against the H&E, in pixels; 0 aligns them (default: 3)",
     )
     parser.add_argument(
+        "--her2-cue",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="strength of the H&E's cue of the HER2 score (tumour fraction, nuclear size and cytoplasm eosin rise "
+        "with 1.5 + S x (score - 1.5)): 0 = none, the score cannot be read from the H&E (the honest control); "
+        "1 = the default, weak and overlapping; 3 = the demo's, learnable by a small model (0 to 4; default: 1)",
+    )
+    parser.add_argument(
         "--test-fraction",
         type=float,
         default=0.25,
@@ -82,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             args.size,
             args.seed,
             misregister=args.misregister,
+            cue=args.her2_cue,
             test_fraction=args.test_fraction,
             failures=failures,
             workers=args.workers,

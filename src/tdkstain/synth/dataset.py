@@ -20,6 +20,7 @@ from tdkstain.synth.tissue import (
     MPP_20X,
     MPP_40X,
     SynthPair,
+    _check_render_arguments,
     her2_label,
     parse_failures,
     render_pair,
@@ -56,6 +57,7 @@ class _PairJob:
     size: int
     misregister: float
     root: str
+    cue: float = 1.0
 
 
 def pair_seed(dataset_seed: int, index: int) -> int:
@@ -110,6 +112,7 @@ def _truth_json(job: _PairJob, pair: SynthPair) -> dict:
         "index": job.index,
         "size": job.size,
         "misregister": job.misregister,
+        "her2_cue": job.cue,
         "coordinates": "pixels; x = column, y = row, pixel centres at integers; x, y in the IHC image "
         "(the truth frame), he_x, he_y in the H&E image",
         "counts": counts,
@@ -129,7 +132,7 @@ def _truth_json(job: _PairJob, pair: SynthPair) -> dict:
 
 
 def _write_pair(job: _PairJob) -> tuple[str, int, str]:
-    pair = render_pair(job.seed, job.size, job.her2, failure=job.failure, misregister=job.misregister)
+    pair = render_pair(job.seed, job.size, job.her2, failure=job.failure, misregister=job.misregister, cue=job.cue)
     root = Path(job.root)
     _save_png(root / f"{job.split}_HE" / f"{job.stem}.png", pair.he)
     _save_png(root / f"{job.split}_IHC" / f"{job.stem}.png", pair.ihc)
@@ -186,7 +189,8 @@ def _remove_stale_pairs(out: Path, jobs: Sequence[_PairJob]) -> None:
 
 
 def _dataset_parameters(
-    jobs: Sequence[_PairJob], pairs: int, size: int, seed: int, misregister: float, test_fraction: float, failures: Sequence[str]
+    jobs: Sequence[_PairJob], pairs: int, size: int, seed: int, misregister: float, test_fraction: float,
+    failures: Sequence[str], cue: float = 1.0,
 ) -> dict:
     """The contents of ``synth.json``: every parameter and the plan, less the ``complete`` flag."""
     return {
@@ -196,11 +200,13 @@ def _dataset_parameters(
         "size": int(size),
         "seed": int(seed),
         "misregister": float(misregister),
+        "her2_cue": float(cue),
         "test_fraction": float(test_fraction),
         "failures": list(failures),
         "mpp": {"default": MPP_20X, "scale-20x": MPP_20X, "scale-40x": MPP_40X},
         "layout": "release: {split}_HE/STEM.png, {split}_IHC/STEM.png; truth: {split}_truth/STEM.json, STEM_membrane.png",
-        "reproduce": "tdkstain.synth.render_pair(seed, size, her2_score, failure=failure, misregister=misregister)",
+        "reproduce": "tdkstain.synth.render_pair(seed, size, her2_score, failure=failure, misregister=misregister, "
+                     "cue=her2_cue)",
         "pairs_plan": [
             {"stem": j.stem, "split": j.split, "her2": HER2_LABELS[j.her2], "failure": j.failure, "seed": j.seed}
             for j in jobs
@@ -236,6 +242,7 @@ def write_dataset(
     seed: int = 0,
     *,
     misregister: float = 3.0,
+    cue: float = 1.0,
     test_fraction: float = 0.25,
     failures: Sequence[str] = ("none",),
     workers: int = 1,
@@ -251,20 +258,22 @@ def write_dataset(
     byte-identical files, whatever ``workers`` is. ``out`` must be empty, missing,
     or a previous synth output (whose stale ``synth_*`` files are removed);
     ``force=True`` writes into any folder, touching only the files named above.
-    ``progress`` is called with 1 after each pair.
+    ``progress`` is called with 1 after each pair. ``cue``: strength of the H&E's
+    cue of the HER2 score (``render_pair``; 0: none, 1: the default).
     """
     out = Path(out)
     _check_dataset_arguments(pairs, size, seed, misregister, test_fraction, workers)
+    _check_render_arguments(int(seed), int(size), float(misregister), cue)
     failures = parse_failures(failures)
     _check_output_folder(out, force)
     start = time.perf_counter()
     plan = plan_dataset(pairs, seed, test_fraction=test_fraction, failures=failures)
     jobs = [
-        _PairJob(index, stem, split, her2, failure, pseed, int(seed), int(size), float(misregister), str(out))
+        _PairJob(index, stem, split, her2, failure, pseed, int(seed), int(size), float(misregister), str(out), float(cue))
         for index, stem, split, her2, failure, pseed in plan
     ]
     _remove_stale_pairs(out, jobs)
-    parameters = _dataset_parameters(jobs, pairs, size, seed, misregister, test_fraction, failures)
+    parameters = _dataset_parameters(jobs, pairs, size, seed, misregister, test_fraction, failures, cue)
     previous = out / "synth.json"
     # written first as incomplete: an interrupted run is still recognised as ours and may be rerun
     write_text_atomic(previous, json.dumps({**parameters, "complete": False}, indent=1) + "\n")

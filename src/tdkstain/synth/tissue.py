@@ -24,10 +24,11 @@ changes the number of pixels:
    stains again; per-tile stain variation, slight optical blur, sensor noise,
    and an optional failure case (tint, counterstain, blur, JPEG, scale).
 
-The H&E carries a weak cue of the HER2 level (real morphology does too):
-tumour fraction of the tissue, tumour nuclear size and eosin of tumour
-cytoplasm all rise with the score, with per-tile spread so that neighbouring
-levels overlap. ``docs/synth.md`` documents every number.
+The H&E carries a cue of the HER2 level (real morphology does too), of
+adjustable strength (``cue``: 0 = none, the honest control; 1 = the default,
+weak): tumour nuclear size, eosin of tumour cytoplasm and the tumour fraction
+rise with the score, with per-tile spread so that neighbouring levels overlap.
+``docs/synth.md`` documents every number.
 """
 
 from __future__ import annotations
@@ -131,10 +132,27 @@ class _Her2Cue:
     cytoplasm_eosin: float
 
 
-def _draw_her2_cue(rng: np.random.Generator, her2: int) -> _Her2Cue:
-    tumour_fraction = float(np.clip(0.30 + 0.10 * her2 + rng.normal(0, 0.07), 0.15, 0.85))
-    tumour_diameter_um = 8.0 * (1 + 0.07 * her2) * math.exp(rng.normal(0, 0.06))
-    cytoplasm_eosin = (0.018 + 0.004 * her2) * math.exp(rng.normal(0, 0.12))
+#: Width (sigma) of the faint cell border an H&E shows on tumour cells, microns.
+HE_BORDER_WIDTH_UM = 0.55
+#: Default strength of the H&E cue of HER2 (``render_pair(cue=...)``, ``tdkstain synth --her2-cue``).
+DEFAULT_HER2_CUE = 1.0
+#: Largest cue strength (nuclei of 3+ tumour cells reach 8 um x (1 + 0.07 x 12) = 14.7 um).
+MAX_HER2_CUE = 4.0
+
+
+def _draw_her2_cue(rng: np.random.Generator, her2: int, strength: float = DEFAULT_HER2_CUE) -> _Her2Cue:
+    """The H&E cue of the score; ``strength`` scales how far each quantity moves from its HER2 0 value.
+
+    Strength 1 is the cue of tdkstain 0.2 (same numbers); 0 draws every tile as a HER2 0 tile
+    looks (the same random draws): the score cannot be read from the H&E. Nuclear size and
+    cytoplasm eosin rise with ``strength x score``; the tumour fraction with ``min(strength, 1) x
+    score``, so that a strong cue does not empty HER2 0 tiles of tumour (whose score then could not
+    be read from the IHC either).
+    """
+    level = strength * her2
+    tumour_fraction = float(np.clip(0.30 + 0.10 * min(strength, 1.0) * her2 + rng.normal(0, 0.07), 0.15, 0.85))
+    tumour_diameter_um = 8.0 * (1 + 0.07 * level) * math.exp(rng.normal(0, 0.06))
+    cytoplasm_eosin = (0.018 + 0.004 * level) * math.exp(rng.normal(0, 0.12))
     return _Her2Cue(tumour_fraction, tumour_diameter_um, cytoplasm_eosin)
 
 
@@ -289,7 +307,7 @@ def _her2_staining(rng: np.random.Generator, her2: int, n_tumour: int) -> dict[s
 class _TumourCells:
     """Stain of the tumour cells on the (n, n) canvas."""
 
-    membrane_profile: np.ndarray  # 0..1, a thin ring on every tumour cell
+    membrane_profile: np.ndarray  # 0..1, a thin ring on every tumour cell (the H&E's faint cell border)
     membrane_dab: np.ndarray  # DAB OD of the membranes
     membrane_truth: np.ndarray  # 0..1, the rings that carry DAB
     cytoplasm_dab: np.ndarray  # faint cytoplasmic DAB OD
@@ -354,6 +372,9 @@ def _stain_tumour_cells(
     pr, pc, _, j1, edge, inside = _voronoi_geometry(seeds, cells.radius[tumour], layout.nest, layout.nest_depth)
     width = (0.45 + 0.25 * staining["intensity"][j1] / 0.25) * px  # strong 3+ rings look thicker
     profile = np.exp(-0.5 * (np.maximum(edge, 0) / width) ** 2) * inside
+    # The H&E shows the cell border, not the DAB: its ring has one width whatever the score, so that
+    # nothing of the IHC staining leaks into the H&E (the HER2 cue is _draw_her2_cue's alone).
+    he_profile = np.exp(-0.5 * (np.maximum(edge, 0) / (HE_BORDER_WIDTH_UM * px)) ** 2) * inside
     theta = np.arctan2(pr - seeds[j1, 0], pc - seeds[j1, 1])
     arc_fraction = staining["arc"][j1]
     on_arc = np.where(
@@ -362,7 +383,7 @@ def _stain_tumour_cells(
         1 / (1 + np.exp(-12 * (np.cos(theta - staining["phase"][j1]) - np.cos(math.pi * arc_fraction)))),
     )
     grain = 1 + 0.25 * chromatin[pr, pc]
-    out.membrane_profile[pr, pc] = profile
+    out.membrane_profile[pr, pc] = he_profile
     out.membrane_dab[pr, pc] = staining["intensity"][j1] * profile * on_arc * grain
     out.membrane_truth[pr, pc] = profile * on_arc * staining["stained"][j1]
     cell_shade = np.exp(rng.normal(0, 0.12, tumour.size))[j1]
@@ -588,7 +609,9 @@ def _perturbed_stains(rng: np.random.Generator, spread: float) -> np.ndarray:
     return RGB_FROM_HED * np.exp(rng.normal(0, spread, (3, 3)))
 
 
-def _check_render_arguments(seed: int, size: int, misregister: float) -> None:
+def _check_render_arguments(seed: int, size: int, misregister: float, cue: float = DEFAULT_HER2_CUE) -> None:
+    if not (isinstance(cue, (int, float, np.integer, np.floating)) and math.isfinite(cue) and 0 <= cue <= MAX_HER2_CUE):
+        raise TdkstainError(f"--her2-cue must be a number from 0 to {MAX_HER2_CUE:g}, got {cue!r}")
     if not isinstance(size, (int, np.integer)) or size < 32:
         raise TdkstainError(f"tile size must be an integer >= 32 px, got {size!r}")
     if not (misregister >= 0 and math.isfinite(misregister)):
@@ -698,15 +721,20 @@ def render_pair(
     *,
     failure: str = "none",
     misregister: float = 3.0,
+    cue: float = DEFAULT_HER2_CUE,
 ) -> SynthPair:
     """Draw one synthetic H&E / IHC pair with its truth; same arguments -> identical arrays.
 
     ``seed``: any non-negative int. ``size``: tile side in px (>= 32). ``her2``:
     score 0..3, or None to draw one. ``failure``: ``"none"``/``"clean"`` or one of
     ``FAILURES``. ``misregister``: maximum displacement (px) of the IHC section
-    against the H&E; 0 gives pixel-aligned sections.
+    against the H&E; 0 gives pixel-aligned sections. ``cue``: strength of the
+    H&E's cue of the score (0 to ``MAX_HER2_CUE``; 0: the H&E does not depend on
+    the score; see ``_draw_her2_cue`` and docs/synth.md). The random draws are the
+    same whatever the cue; the cue moves tumour fraction, nuclear size and cytoplasm
+    eosin, and the layout follows the tumour fraction.
     """
-    _check_render_arguments(seed, size, misregister)
+    _check_render_arguments(seed, size, misregister, cue)
     failure = normalise_failure(failure)
     rng = np.random.default_rng(int(seed))
     # Failure draws come from their own stream, so a failure changes only its own effect:
@@ -723,7 +751,7 @@ def render_pair(
     crop = (slice(pad, pad + size), slice(pad, pad + size))
     rows, cols = np.mgrid[0:n, 0:n].astype(np.float64)
 
-    cue = _draw_her2_cue(rng, her2)
+    cue = _draw_her2_cue(rng, her2, float(cue))
     layout = _draw_layout(rng, n, px, cue.tumour_fraction, rows, cols)
     cells = _place_cells(rng, layout.nest, layout.stroma, layout.lymph_zone, cue.tumour_diameter_um / 2 + 2.2, px)
     fibre_angle = rng.uniform(0, math.pi)

@@ -20,6 +20,7 @@ are read with a warning that says what was assumed.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -626,6 +627,26 @@ def load_config(name_or_path: str | Path | None, overrides: list[str] = (), valu
     if not isinstance(data, dict):
         raise TdkstainError(f"{path}: a config is a mapping of sections, got {type(data).__name__}")
     return build_config(data, overrides, source=str(path), values=values)
+
+
+def schedule_over_steps(cfg: Config, train_pairs: int, steps: int) -> list[str]:
+    """Overrides that stretch ``cfg``'s learning-rate schedule over ``steps`` training steps.
+
+    The schedule is in epochs (``schedule.epochs``, the last ``schedule.decay_epochs`` of which
+    decay the rate to 0) and ``train.max_steps`` only cuts it short: a step budget beyond the
+    preset's epochs would be ignored, and one below them would stop before the decay. The epochs
+    are set so the schedule ends at about ``steps`` on ``train_pairs`` training pairs at
+    ``data.batch`` per step (one process), the decay keeping the preset's share of it.
+
+    Returns:
+        ``["schedule.epochs=E", "schedule.decay_epochs=D", "train.max_steps=steps"]``.
+    """
+    if train_pairs < 1 or steps < 1:
+        raise TdkstainError(f"a schedule over {steps} steps needs training pairs (got {train_pairs}) and steps >= 1")
+    steps_per_epoch = math.ceil(train_pairs / cfg.data.batch)
+    epochs = max(1, round(steps / steps_per_epoch))
+    decay = min(epochs, round(epochs * cfg.schedule.decay_epochs / max(cfg.schedule.epochs, 1)))
+    return [f"schedule.epochs={epochs}", f"schedule.decay_epochs={decay}", f"train.max_steps={steps}"]
 
 
 def read_run_config(path: str | Path) -> Config:
