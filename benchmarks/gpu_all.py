@@ -19,6 +19,10 @@ in order of importance, under one time budget:
    and how busy the GPU is during the staining pass (I/O overlapped).
 5. ``extract_*``: knowledge extraction per 1024 tile, the numpy path on the
    CPU and the torch path on the GPU.
+6. ``cohort``: two small synthetic slides through the cohort runner
+   (``tdkstain.slides.cohort.run_cohort``, what ``tdkstain slide DIR --out
+   DIR`` runs in each process): slides per hour, megapixels per second, and
+   a rerun, which must skip both (the manifest's idempotency on the GPU).
 
 Columns of the table (``gpu_table.md``; all figures also in ``gpu_results.json``):
 
@@ -119,6 +123,8 @@ def plan_cases(smoke: bool, slide_size: int | None) -> list[dict[str, Any]]:
     add(f"train_512_bf16_cl_b{b4}", "train", 120, 25, crop=crop512, batch=b4, precision="bf16", channels_last=True,
         compile=False)
     add("extract", "extract", 90, 15, tile=tile, batch=big)
+    add("cohort", "cohort", 150, 30, slides=2, size=512 if smoke else 4096, tile=128 if smoke else 1024,
+        overlap=16 if smoke else 64, batch=big, precision="bf16", tiny=smoke)
     # torch.compile last (minutes of compiling)
     add(f"infer_{tile}_bf16_cl_b{big}_compiled", "infer", 150, 60, tile=tile, batch=big, precision="bf16",
         channels_last=True, compile=True, smoke_skip=True)
@@ -458,12 +464,7 @@ def case_slide(case: dict, device, smoke: bool, workdir: Path) -> dict:
     _progress(f"slide written in {made['seconds']:.1f} s ({made['compression']}, {made['bytes'] / 2**20:.0f} MiB)")
     notes = [f"synthetic {size}^2 slide at 0.5 um/px, {made['compression']} {made['bytes'] / 2**20:.0f} MiB, written in "
              f"{made['seconds']:.1f} s"]
-    try:
-        import imagecodecs  # noqa: F401
-
-        compression = "jpeg"
-    except ImportError:
-        compression = "deflate"
+    compression = _output_compression()
     torch.manual_seed(0)
     generator = ResnetGenerator(ngf=8, n_blocks=1) if case["tiny"] else ResnetGenerator()
     stainer = Stainer(generator, device=str(device), precision=case["precision"], tile=tile, overlap=case["overlap"],
@@ -551,6 +552,69 @@ def case_slide(case: dict, device, smoke: bool, workdir: Path) -> dict:
             "timings": result.timings, "tiles_tissue": result.tiles_tissue, "tiles_total": result.tiles_total,
             "staining_mps": tissue_mp / staining if staining > 0 else None, "model_only_mps": tissue_mp / model_only,
             "slide_write_s": made["seconds"], "notes": "; ".join(notes)}
+
+
+def _output_compression() -> str:
+    """What the stained TIFF is compressed with: JPEG where imagecodecs is importable, else deflate."""
+    try:
+        import imagecodecs  # noqa: F401
+
+        return "jpeg"
+    except ImportError:
+        return "deflate"
+
+
+def case_cohort(case: dict, device, smoke: bool, workdir: Path) -> dict:
+    """``case["slides"]`` synthetic slides through ``run_cohort`` on one device, then the same cohort again."""
+    import shutil
+
+    torch = _torch()
+    from tdkstain.inference import Stainer
+    from tdkstain.models.tdkstain import ResnetGenerator
+    from tdkstain.slides import SlideOptions, stain_slide
+    from tdkstain.slides.cohort import cohort_settings, collect_cohort, run_cohort
+
+    size, count = case["size"], case["slides"]
+    folder = workdir / "cohort_slides"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = 0.0
+    for i in range(count):
+        _progress(f"writing synthetic slide {i + 1}/{count} ({size}^2)")
+        written += write_synthetic_slide(folder / f"cohort{i}.tif", size, tile=512 if size >= 4096 else 128)["seconds"]
+    torch.manual_seed(0)
+    generator = ResnetGenerator(ngf=8, n_blocks=1) if case["tiny"] else ResnetGenerator()
+    stainer = Stainer(generator, device=str(device), precision=case["precision"], tile=case["tile"], overlap=case["overlap"],
+                      batch=case["batch"], norm="global")
+    options = SlideOptions(compression=_output_compression())
+    settings = cohort_settings(stainer, options, checkpoint_id="gpu_all", model_mpp=0.5)
+    entries = collect_cohort([folder])
+    out = workdir / "cohort_out"
+
+    def stain(entry, path):
+        return stain_slide(stainer, entry.slide, path, model_mpp=0.5, options=options, log=lambda m: None, progress=False)
+
+    def log(message: str) -> None:
+        _progress(message[:300])
+
+    t0 = time.perf_counter()
+    run = run_cohort(entries, out, stain, settings=settings, device=str(device), progress=False, log=log)
+    _sync(device)
+    wall = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    rerun = run_cohort(entries, out, stain, settings=settings, device=str(device), progress=False, log=log)
+    rerun_s = time.perf_counter() - t1
+    slides = run.manifest["slides"] if run.manifest else []
+    megapixels = sum(row.get("megapixels", 0.0) for row in slides)
+    if not run.ok or len(run.done) != count:
+        raise RuntimeError(f"cohort: {len(run.done)} of {count} slides done; "
+                           + "; ".join(f"{r['output']}: {r.get('reason')}" for r in slides if r["status"] != "done"))
+    notes = [f"{count} synthetic {size}^2 slides at 0.5 um/px (written in {written:.1f} s), "
+             f"{'tiny' if case['tiny'] else 'paper'} generator, {case['precision']}, tile {case['tile']}, batch {case['batch']}",
+             "per slide " + ", ".join(f"{r['output']} {r['seconds']:.1f} s" for r in slides),
+             f"rerun {rerun_s:.2f} s: {len(rerun.skipped)} of {count} skipped"]
+    shutil.rmtree(folder, ignore_errors=True)
+    return {"s": wall, "reps": 1, "mps": megapixels / wall, "slides_per_hour": count / wall * 3600, "rerun_s": rerun_s,
+            "rerun_skipped": len(rerun.skipped), "peak_gib": _peak_gib(device), "notes": "; ".join(notes)}
 
 
 def _find_torch_extractor() -> tuple[Callable | None, str]:
@@ -691,6 +755,8 @@ def worker(spec: dict) -> int:
                 row = case_slide(case, device, smoke, workdir)
             elif kind == "extract":
                 row = case_extract(case, device, smoke)
+            elif kind == "cohort":
+                row = case_cohort(case, device, smoke, workdir)
             else:
                 raise ValueError(f"unknown case kind {kind}")
             row.setdefault("peak_gib", _peak_gib(device))

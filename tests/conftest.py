@@ -129,6 +129,21 @@ def he_like(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8), tissue
 
 
+@pytest.fixture(scope="session")
+def tiny_slide_checkpoint(tmp_path_factory) -> Path:
+    """A tiny untrained TDKstain generator (ngf 4, one residual block, seed 0) in our safetensors format; its
+    model card says tiles of 128 px at 0.5 um/px. Fast enough to stain small synthetic slides in tests."""
+    import torch
+
+    from tdkstain.models.tdkstain import ResnetGenerator
+    from tdkstain.weights import save_network
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "generator.safetensors"
+    save_network(path, ResnetGenerator(ngf=4, n_blocks=1).eval(), tile_size=128, mpp=0.5)
+    return path
+
+
 def write_test_slide(path: Path, image: np.ndarray, mpp: float | None, levels: int = 3) -> Path:
     """A generic tiled pyramidal TIFF written with tifffile alone (not our writer), level k = level 0 / 2**k."""
     import tifffile

@@ -66,7 +66,7 @@ def test_gpu_script_runs_every_case_at_smoke_size_on_cpu(tmp_path):
     failed = {r["name"]: r.get("error") for r in results if r["status"] != "ok"}
     assert not failed
     names = {r["name"] for r in results}
-    for kind in ("limit_matmul_bf16", "train_512_bf16_cl_b1", "infer_64_bf16_cl_b1", "slide", "extract"):
+    for kind in ("limit_matmul_bf16", "train_512_bf16_cl_b1", "infer_64_bf16_cl_b1", "slide", "extract", "cohort"):
         assert kind in names
     table = (out / "gpu_table.md").read_text()
     assert "| train_512_bf16_cl_b1 | ok |" in table

@@ -25,6 +25,7 @@ from tdkstain.inference import (
     consistent_norm_copy,
     downsampling_factor,
     neighbourhood_stats,
+    border_steps,
     seam_score,
 )
 from tdkstain.models.tdkstain import ResnetGenerator
@@ -389,6 +390,30 @@ def test_seam_score_is_high_for_a_visible_border_and_about_one_without():
     assert seam_score(stepped, 64, 0) > 3
     assert seam_score(stepped, 64, 0, band=1) > 2
     assert np.isnan(seam_score(texture, 256, 0))  # one tile: no border
+
+
+def test_border_steps_scores_stained_and_skipped_borders_apart():
+    """Every tile stained: border_steps is seam_score. A skipped tile: a hard edge between the middle of the overlap and
+    the stained tile's end scores high (the middle alone misses one ``overlap / 2 - margin`` past it); a ramp into the
+    texture's own level over the blend's width does not."""
+    rng = np.random.default_rng(0)
+    grid = TileGrid(192, 256, 64, 16)  # stride 48: 4 x 5 tiles, borders at 56, 104, 152(, 200)
+    texture = rng.normal(200, 10, size=(192, 256, 3))
+    everything = border_steps(texture, grid)
+    assert everything.stained == seam_score(texture, 0, grid=grid) and everything.background_borders == 0
+    stained = np.ones((grid.rows, grid.cols), dtype=bool)
+    stained[:, -1] = False  # the last column of tiles (x >= 192) was skipped
+    middle = int(grid.col_borders[-1])  # 200
+    hard = texture.copy()
+    hard[:, middle + 4 :] = 255  # white from where the stained tile's weight ends (margin 4)
+    steps = border_steps(hard, grid, stained)
+    assert steps.background_borders == grid.rows and steps.stained_borders > 0
+    assert steps.background > 5 * steps.stained and steps.background_midline < 2  # the edge is off the middle
+    assert steps.offsets[int(np.argmax(steps.background_profile))] == 4
+    faded = texture.copy()
+    ramp = np.clip((np.arange(256) - (middle - 4)) / 8.0, 0, 1)[None, :, None]
+    faded = faded * (1 - ramp) + 200.0 * ramp  # into the texture's own mean over the blend's 8 px ramp
+    assert border_steps(faded, grid, stained).background < 1.1
 
 
 def test_default_mode_has_fewer_seams_than_naive_tiling_on_real_he(fixtures_dir):

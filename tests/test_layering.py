@@ -27,6 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "weights": {"plumbing", "models"},
     "inference": {"plumbing", "models", "weights", "data"},
     "slides": {"plumbing", "models", "weights", "data", "inference"},
+    "viewer": {"plumbing", "models", "weights", "data", "inference", "slides"},
     "metrics": {"plumbing", "data", "weights"},
     "synth": {"plumbing", "data", "knowledge"},
     "scoring": {"plumbing", "data", "knowledge", "slides", "models", "weights", "inference"},

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 from conftest import EXAMPLES, he_like, write_test_slide
 from tdkstain.cli import main
@@ -19,7 +18,6 @@ from tdkstain.models import ResnetGenerator
 from tdkstain.plumbing.errors import TdkstainError
 from tdkstain.slides.pipeline import is_stained_slide
 from tdkstain.slides.reader import Slide, SlideAtMpp
-from tdkstain.weights import save_network
 
 openslide = pytest.importorskip("openslide")
 
@@ -32,11 +30,8 @@ def slide_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "generator.safetensors"
-    save_network(path, ResnetGenerator(ngf=4, n_blocks=1).eval(), tile_size=128, mpp=0.5)
-    return path
+def checkpoint(tiny_slide_checkpoint) -> Path:
+    return tiny_slide_checkpoint
 
 
 def run_slide(*argv: str) -> tuple[int, str]:

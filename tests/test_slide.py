@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -222,17 +223,17 @@ def test_slide_on_a_synthetic_multilevel_slide(synthetic_slide, tmp_path):
     assert result.tiles_total == 20 and 0 < result.tiles_background < 20
     assert result.tiles_tissue + result.tiles_background == 20
     assert any(f"{result.tiles_background} background tiles skipped" in m for m in messages)
-    # global statistics over up to 16 tissue tiles, then one staining pass over tissue tiles only
-    assert result.forward_passes == min(16, result.tiles_tissue) + result.tiles_tissue
+    # global statistics over up to 16 tissue tiles, the glass tile once, then one staining pass over tissue tiles only
+    assert result.forward_passes == min(16, result.tiles_tissue) + 1 + result.tiles_tissue
     for handle in open_both(out):
         assert handle.dimensions == (512, 384)
         assert handle.level_dimensions == ((512, 384), (256, 192), (128, 96))
         assert mpp_of(handle) == pytest.approx(0.5)
         stained = np.asarray(handle.read_region((0, 0), 0, (512, 384)))[..., :3]
         handle.close()
-    # The right third of the slide is glass: no tile there touches tissue, so it stays exactly white;
-    # inside the tissue the generator's output is not white.
-    assert (stained[:, 480:] == 255).all()
+    # The right third of the slide is glass: no tile there touches tissue, so it is exactly the glass fill
+    # (test_background_is_the_generators_rendering_of_the_slides_glass); inside the tissue the generator's output is not white.
+    assert (stained[:, 480:] == np.rint(result.background_rgb).astype(np.uint8)).all()
     assert (stained[150:230, 100:250] != 255).any(axis=2).mean() > 0.9
     thumbnail = np.asarray(Image.open(result.thumbnail))
     assert thumbnail.shape == (384, 512, 3)  # smaller than --thumbnail-size: full level 0
@@ -247,9 +248,10 @@ def test_global_norm_slide_equals_whole_image_staining(synthetic_slide, tmp_path
     path, image, _ = synthetic_slide
     stainer = Stainer(tiny_generator(1), device="cpu", tile=128, overlap=32, batch=3, norm="global", stat_tiles=16)
     out = tmp_path / "all.tif"
-    stain_slide(stainer, path, out, model_mpp=1.0,
-                options=SlideOptions(tissue_detection=False, compression="deflate", tiff_tile=64), log=lambda m: None,
-                progress=False)
+    result = stain_slide(stainer, path, out, model_mpp=1.0,
+                         options=SlideOptions(tissue_detection=False, compression="deflate", tiff_tile=64),
+                         log=lambda m: None, progress=False)
+    assert result.stained.all() and result.background_rgb is None  # nothing skipped, nothing filled
     with Slide(path) as slide:
         he = slide.read(2, 0, 0, 256, 192)  # 1 um/px is level 2
     expected = stainer.stain_image(he)
@@ -278,6 +280,7 @@ def test_zero_tissue_gives_an_all_white_slide_and_says_so(tmp_path):
     result = stain_slide(stainer, path, tmp_path / "white.tif", model_mpp=0.5, log=messages.append, progress=False,
                          options=SlideOptions(compression="deflate"))
     assert result.tiles_tissue == 0 and result.forward_passes == 0
+    assert result.background_rgb is None  # no tissue statistics to stain glass with: white, not a glass fill
     assert any("no tissue found" in m and "--no-tissue-detection" in m for m in messages)
     with tifffile.TiffFile(tmp_path / "white.tif") as tiff:
         assert (tiff.pages[0].asarray() == 255).all()
@@ -470,3 +473,135 @@ def test_spread_picks_evenly_spaced_tiles_first_to_last():
     assert spread(10, 4) == [0, 3, 6, 9]
     assert spread(100, 16)[0] == 0 and spread(100, 16)[-1] == 99 and len(spread(100, 16)) == 16
     assert spread(5, 1) == [2]
+
+
+# --------------------------------------------------------------------------- background: the glass fill (issue 20)
+
+
+def uncovered_by_stained_tiles(result) -> np.ndarray:
+    """``(height, width)`` bool: pixels no stained tile covers (only the glass fill is there)."""
+    covered = np.zeros((result.grid.height, result.grid.width), dtype=bool)
+    for p in result.grid.positions:
+        if result.stained[p.row, p.col]:
+            covered[p.y : p.y + p.height, p.x : p.x + p.width] = True
+    return ~covered[: result.height, : result.width]
+
+
+def global_stats_file(path: Path):
+    """The work folder's ``stats/global.npz`` as the NormStats it holds."""
+    from tdkstain.inference import NormStats
+
+    with np.load(path) as data:
+        layers = sum(1 for name in data.files if name.startswith("mean"))
+        return NormStats(tuple(data[f"mean{k}"][0] for k in range(layers)), tuple(data[f"var{k}"][0] for k in range(layers)),
+                         float(data["pixels"][0]))
+
+
+def test_background_is_the_generators_rendering_of_the_slides_glass(synthetic_slide, tmp_path):
+    path = synthetic_slide[0]
+    stainer = Stainer(tiny_generator(), device="cpu", tile=64, overlap=16, batch=4)
+    out = tmp_path / "glass.tif"
+    result = stain_slide(stainer, path, out, model_mpp=1.0, log=lambda m: None, progress=False,
+                         options=SlideOptions(compression="deflate", keep_work=True))
+    record = json.loads((work_dir_for(out) / "background.json").read_text())
+    assert result.background_rgb == tuple(record["rgb"]) and "global statistics" in record["normalised_with"]
+    # Stain the recorded glass tile again by hand with the run's global statistics: the fill is the mean of its middle.
+    tile = record["tile"]
+    assert tile["x"] + tile["width"] <= result.width and tile["y"] + tile["height"] <= result.height
+    with Slide(path) as slide:
+        he = slide.read(2, tile["x"], tile["y"], tile["width"], tile["height"])  # 1 um/px is level 2
+    stats = global_stats_file(work_dir_for(out) / "stats" / "global.npz")
+    rendering = stainer.stain_tiles([he], [stats], as_float=True)[0][8:-8, 8:-8]  # overlap / 2 in from every side
+    np.testing.assert_allclose(result.background_rgb, rendering.reshape(-1, 3).mean(axis=0), atol=1e-3)
+    # the generator's colour for glass, not white and not the H&E's glass
+    assert max(result.background_rgb) < 250 and np.abs(np.subtract(result.background_rgb, he.mean(axis=(0, 1)))).max() > 5
+    stained = tifffile.imread(out, key=0)
+    alone = uncovered_by_stained_tiles(result)
+    assert alone.sum() > 1000 and (stained[alone] == np.rint(result.background_rgb).astype(np.uint8)).all()
+
+
+@pytest.mark.parametrize("norm", ["global", "kernel", "tile"])
+def test_no_step_across_stained_and_skipped_tiles(synthetic_slide, tmp_path, monkeypatch, norm):
+    """The step from a stained tile into the glass fill is no larger than the seams between stained tiles;
+    the white background of before (no fill: pipeline._background_fill off) is a frame the same measure sees."""
+    from tdkstain.inference import border_steps
+    from tdkstain.slides import pipeline
+
+    path = synthetic_slide[0]
+    stainer = Stainer(tiny_generator(), device="cpu", tile=64, overlap=16, batch=8, norm=norm)
+    options = SlideOptions(compression="deflate")
+    result = stain_slide(stainer, path, tmp_path / "after.tif", model_mpp=0.5, options=options, log=lambda m: None,
+                         progress=False)
+    steps = border_steps(tifffile.imread(tmp_path / "after.tif", key=0), result.grid, result.stained)
+    assert steps.background_borders >= 8 and steps.stained_borders >= 8
+    assert steps.background <= steps.stained, steps
+    monkeypatch.setattr(pipeline, "_background_fill", lambda *args, **kwargs: (None, 0))
+    white = stain_slide(stainer, path, tmp_path / "before.tif", model_mpp=0.5, options=options, log=lambda m: None,
+                        progress=False)
+    before = border_steps(tifffile.imread(tmp_path / "before.tif", key=0), white.grid, white.stained)
+    assert before.background > 3 * before.stained
+
+
+def test_interrupted_run_keeps_the_fill_and_resumes_to_the_same_bytes(synthetic_slide, tmp_path):
+    path = synthetic_slide[0]
+    kwargs = {"device": "cpu", "tile": 64, "overlap": 16, "batch": 3}
+    options = SlideOptions(compression="deflate")
+    reference = stain_slide(Stainer(tiny_generator(), **kwargs), path, tmp_path / "ref.tif", model_mpp=1.0,
+                            options=options, log=lambda m: None, progress=False)
+    out = tmp_path / "run.tif"
+    with pytest.raises(_Interrupted):  # the glass tile is stained first, then the run dies on the second chunk
+        stain_slide(_FailingStainer(tiny_generator(), **kwargs), path, out, model_mpp=1.0, options=options,
+                    log=lambda m: None, progress=False)
+    record = json.loads((work_dir_for(out) / "background.json").read_text())
+    assert tuple(record["rgb"]) == reference.background_rgb
+    messages: list[str] = []
+    resumed = stain_slide(Stainer(tiny_generator(), **kwargs), path, out, model_mpp=1.0, options=options,
+                          log=messages.append, progress=False)
+    assert resumed.forward_passes == reference.tiles_tissue - resumed.tiles_reused  # the fill was not stained again
+    assert any("background: RGB" in m and "recorded in" in m for m in messages)
+    assert out.read_bytes() == (tmp_path / "ref.tif").read_bytes()
+
+
+def test_the_fill_recorded_in_the_work_folder_is_the_one_used(synthetic_slide, tmp_path):
+    path = synthetic_slide[0]
+    stainer = Stainer(tiny_generator(), device="cpu", tile=64, overlap=16, batch=4)
+    out = tmp_path / "kept.tif"
+    options = SlideOptions(compression="deflate", keep_work=True)
+    first = stain_slide(stainer, path, out, model_mpp=1.0, options=options, log=lambda m: None, progress=False)
+    work = work_dir_for(out)
+    glass = np.asarray(Image.open(work / "background.png"))  # the stained glass tile, for a look
+    assert np.abs(glass[8:-8, 8:-8].reshape(-1, 3).mean(axis=0) - first.background_rgb).max() < 0.5
+    record_file = work / "background.json"
+    record = json.loads(record_file.read_text())
+    record["rgb"] = [10.0, 20.0, 30.0]
+    record_file.write_text(json.dumps(record))
+    again = stain_slide(stainer, path, out, model_mpp=1.0, options=options, log=lambda m: None, progress=False)
+    assert again.forward_passes == 0 and again.background_rgb == (10.0, 20.0, 30.0)
+    assert (tifffile.imread(out, key=0)[uncovered_by_stained_tiles(again)] == (10, 20, 30)).all()
+
+
+def test_a_stained_tile_fades_into_the_fill_across_the_overlap(synthetic_slide, tmp_path):
+    """Where a stained tile's right neighbour was skipped, the overlap is the engine's blend of the stained tile
+    and the fill (the skipped tile counts as a tile of the fill colour), not the stained tile up to a hard edge."""
+    path = synthetic_slide[0]
+    stainer = Stainer(tiny_generator(), device="cpu", tile=64, overlap=16, batch=4)
+    out = tmp_path / "fade.tif"
+    result = stain_slide(stainer, path, out, model_mpp=0.5, log=lambda m: None, progress=False,
+                         options=SlideOptions(compression="deflate", keep_work=True))
+    grid, stained, fill = result.grid, result.stained, np.asarray(result.background_rgb)
+    image = tifffile.imread(out, key=0).astype(np.float64)
+    pairs = [(r, c) for r in range(1, grid.rows - 1) for c in range(grid.cols - 1) if stained[r, c] and not stained[r, c + 1]]
+    assert pairs
+    for r, c in pairs:
+        p, q = (next(t for t in grid.positions if t.index == key) for key in ((r, c), (r, c + 1)))
+        tile = np.asarray(Image.open(work_dir_for(out) / "tiles" / f"{r:05d}_{c:05d}.png"), dtype=np.float64)
+        starts, ends = grid.row_starts, [y + grid.tile_height for y in grid.row_starts]
+        rows = slice(ends[r - 1], starts[r + 1])  # only tile row r covers these
+        after = grid.col_starts[c + 2] if c + 2 < grid.cols else grid.width
+        cols = slice(q.x, min(p.x + p.width, after))  # the overlap of p and its skipped neighbour q alone
+        wp = grid.weights(p, stainer.blend_margin)[rows.start - p.y : rows.stop - p.y, cols.start - p.x : cols.stop - p.x]
+        wq = grid.weights(q, stainer.blend_margin)[rows.start - q.y : rows.stop - q.y, cols.start - q.x : cols.stop - q.x]
+        expected = (wp[..., None] * tile[rows.start - p.y : rows.stop - p.y, cols.start - p.x : cols.stop - p.x]
+                    + wq[..., None] * fill) / (wp + wq)[..., None]
+        assert ((wp > 0) & (wp < 1)).any()  # the overlap holds the ramp
+        assert np.abs(image[rows, cols] - expected).max() <= 1.0

@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "translate": "translate",
     "slide": "slide",
     "benchmark": "benchmark",
+    "view": "view",
 }
 
 

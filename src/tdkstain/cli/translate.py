@@ -85,51 +85,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 COMPILE_MIN_PASSES = 16
 
 
-def _folder_images(folder: Path, recursive: bool) -> list[Path]:
-    """Image files in ``folder`` (and, when ``recursive``, its subfolders; links to folders are not followed).
-
-    Hidden entries are left out. An entry with an image suffix counts whatever
-    it is (a broken link, a pipe), so that reading it says what is wrong
-    instead of it vanishing. A folder that cannot be listed is an error naming it.
-    """
-    import os
-
-    from tdkstain.plumbing.atomic import read_error
-
-    files: list[Path] = []
-    pending = [folder]
-    while pending:
-        current = pending.pop()
-        try:
-            with os.scandir(current) as it:
-                entries = list(it)
-        except OSError as err:
-            raise read_error(current, err, folder=True) from err
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            path = Path(entry.path)
-            if os.path.isdir(path):
-                if recursive and not entry.is_symlink():
-                    pending.append(path)
-            elif path.suffix.lower() in _IMAGE_SUFFIXES:
-                files.append(path)
-    return sorted(files)
-
-
-def _named_path_exists(path: Path) -> bool:
-    """False only when nothing is there: a path that cannot be looked at (permission denied) is kept for the reader to word."""
-    import os
-
-    try:
-        os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    except OSError:
-        return True
-    return True
-
-
 def collect_inputs(inputs: list[Path], recursive: bool) -> list[tuple[Path, Path]]:
     """``(input file, output path relative to OUT)`` for every image named or found in a folder.
 
@@ -140,17 +95,18 @@ def collect_inputs(inputs: list[Path], recursive: bool) -> list[tuple[Path, Path
     """
     import os
 
+    from tdkstain.plumbing.files import list_files, named_path_exists
     from tdkstain.plumbing.errors import TdkstainError
 
     found: list[tuple[Path, Path]] = []
     for item in inputs:
         if os.path.isdir(item):
-            files = _folder_images(item, recursive)
+            files = list_files(item, _IMAGE_SUFFIXES, recursive=recursive)
             if not files:
                 hint = "" if recursive else " (pass --recursive to look into subfolders)"
                 raise TdkstainError(f"{item}: no image files ({', '.join(_IMAGE_SUFFIXES)}) in this folder{hint}")
             found += [(p, p.relative_to(item).with_suffix(".png")) for p in files]
-        elif _named_path_exists(item):
+        elif named_path_exists(item):
             found.append((item, Path(item.stem + ".png")))
         else:
             raise TdkstainError(f"{item}: no such file or folder")

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from tdkstain.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from tdkstain.plumbing.atomic import display_name, read_error
+from tdkstain.plumbing.files import named_path_exists
 from tdkstain.plumbing.errors import TdkstainError
 
 __all__ = [
@@ -745,7 +746,7 @@ def _scan_manifest(layout: Layout, split: str | None, allow_outside: bool) -> tu
             if reason:
                 problems.append(Problem(manifest, "manifest", f"{where}: {column} path {value!r} {reason}"))
                 continue
-            if not _lexists(path):
+            if not named_path_exists(path):
                 problems.append(Problem(path, "missing_file", f"listed in {manifest.name} {where} ({column}) but not found"))
                 continue
             if os.path.isdir(path):
@@ -798,18 +799,6 @@ def _manifest_path(value: str, base: Path, allow_outside: bool) -> tuple[Path, s
         if not allow_outside:
             return raw, "leaves the CSV's folder ('..'); move the CSV up or allow paths outside it"
     return base / normal, ""
-
-
-def _lexists(path: Path) -> bool:
-    """True unless ``path`` surely does not exist: one that cannot be looked at (permission denied) is kept, so
-    that decoding reports *that*, not "not found"."""
-    try:
-        os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def _check_stat(path: Path) -> None:

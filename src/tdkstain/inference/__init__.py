@@ -36,7 +36,10 @@ The engine (stable API; ``tdkstain translate`` and ``tdkstain slide`` use it)::
   :class:`Blender` accumulates ``weight * tile`` and divides by the weight sum.
 - :func:`seam_score` ``(image, tile, overlap=0, *, band=4, grid=None) -> float``:
   mean absolute intensity step across tile borders over the same step inside
-  tiles (about 1: no visible border).
+  tiles (about 1: no visible border); :func:`border_steps` ``(image, grid,
+  stained=None, *, band=4) -> BorderSteps`` scores borders between stained
+  tiles and borders between a stained and a skipped tile (a slide's
+  background) apart.
 
 Norm modes. The release's generator uses instance norm (per sample, per
 channel mean and variance over space, no running statistics), so staining
@@ -91,7 +94,7 @@ from __future__ import annotations
 
 from tdkstain.inference.engine import DEFAULT_NORM, NORM_MODES, PRECISIONS, Stainer, downsampling_factor, fit_tiling, resolve_device
 from tdkstain.inference.norm import ConsistentInstanceNorm, NormStats, combine_stats, consistent_norm_copy, neighbourhood_stats
-from tdkstain.inference.seams import seam_score, seam_steps
+from tdkstain.inference.seams import BorderSteps, border_steps, seam_score, seam_steps
 from tdkstain.inference.tiling import Blender, TileGrid, TilePosition, blend_weights
 
 __all__ = [
@@ -113,4 +116,6 @@ __all__ = [
     "Blender",
     "seam_score",
     "seam_steps",
+    "BorderSteps",
+    "border_steps",
 ]

@@ -47,23 +47,33 @@ class DistInfo:
         return self.rank == 0
 
 
+def env_info() -> DistInfo:
+    """Where torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) places this process, joining nothing.
+
+    Single-process (rank 0 of 1) when ``WORLD_SIZE`` is unset or 1.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank = int(os.environ["RANK"])
+    return DistInfo(rank=rank, world=world, local_rank=int(os.environ.get("LOCAL_RANK", rank)))
+
+
 def init_from_env(device_type: str) -> DistInfo:
     """Join the process group described by torchrun's environment, or stay single.
 
     ``device_type``: "cuda" picks NCCL and this process's GPU (``LOCAL_RANK``);
     anything else picks gloo.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    info = env_info()
+    if not info.enabled:
+        return info
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
-            torch.cuda.set_device(local_rank)
+            torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend=backend)
-    return DistInfo(rank=rank, world=world, local_rank=local_rank)
+    return info
 
 
 def current() -> DistInfo:

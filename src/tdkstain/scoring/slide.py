@@ -70,6 +70,7 @@ from tdkstain.plumbing.limits import check_number
 from tdkstain.scoring.her2 import SCORES, RegionScore, ScoringParams, pooled_score, score_cells
 from tdkstain.scoring.run import TILE_COLUMNS, tile_row
 from tdkstain.scoring.tile import he_warning
+from tdkstain.slides.reader import SLIDE_SUFFIXES, TIFF_SUFFIXES
 
 __all__ = [
     "COUNT_KEYS",
@@ -84,10 +85,6 @@ __all__ = [
     "score_slide",
 ]
 
-#: File name endings that are whole-slide formats whatever their content (OpenSlide's vendor formats).
-SLIDE_SUFFIXES: tuple[str, ...] = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
-#: TIFF endings that may be either a tile or a slide; the header decides (:func:`is_slide`).
-TIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".btf")
 #: A single-level TIFF longer than this on a side (pixels) is scored as a slide: a 5 mm field at 0.5 um/px.
 LARGE_TIFF_SIDE = 10_000
 #: Regions in flight per worker process (submitted, not yet collected).

@@ -7,21 +7,41 @@ The steps of :func:`stain_slide`:
    (padded with white to a multiple of the generator's downsampling factor) is
    covered by the engine's :class:`tdkstain.inference.TileGrid`.
 2. Find tissue on a thumbnail (:mod:`tdkstain.slides.tissue`); only tiles that
-   touch tissue are stained, the others stay white and are counted.
+   touch tissue are stained, the others are skipped and counted. One skipped
+   tile is chosen as the slide's glass: the one whose thumbnail pixels are
+   closest to the median colour of the thumbnail's background (so not a
+   label, pen mark, speck or scanner edge), inside the slide where possible.
 3. Instance-norm statistics consistent across tiles (see
    :mod:`tdkstain.inference`). "global" (default): the engine's exact
    layer-by-layer statistics (:meth:`Stainer.sequential_stats`) over the
    cores of ``stat_tiles`` tissue tiles spread evenly over the slide, one set
    for every tile. "kernel": a pass records every tissue tile's statistics,
    and each tile pools its neighbourhood's (``stat_passes`` such passes).
-4. Staining pass: stain every tissue tile with its pooled statistics.
-5. Assembly: blend the stained tiles with the engine's weights into bands
-   one TIFF tile tall and stream them into a pyramidal TIFF
+4. Background: stain the glass tile once, normalised as the tissue is ("global":
+   the same statistics; "kernel": the pool of every tissue tile's recorded
+   statistics, a kernel of unbounded radius; "tile": its own), and take the
+   mean colour of its middle (``overlap / 2`` in from every side, where the
+   receptive field is whole) as the fill of every skipped tile: the generator's
+   own rendering of this slide's glass (the release's model stains glass
+   about (230, 225, 233), not white). A flat colour rather than the stained
+   tile itself: glass renders as that colour plus noise, and repeating one
+   tile would repeat its texture and specks with the grid's period.
+5. Staining pass: stain every tissue tile with its pooled statistics.
+6. Assembly: blend the stained tiles with the engine's weights into bands
+   one TIFF tile tall, every skipped tile taking part in the blend with its
+   own weights and the fill colour, so a stained tile fades into the glass
+   fill over the overlap exactly as it fades into a stained neighbour (a
+   stained tile whose neighbour is skipped covers the overlap up to its
+   blending margin: without the skipped tile's share the edge would be hard,
+   ``overlap / 2 - margin`` past the middle of the overlap). Stream the bands
+   into a pyramidal TIFF
    (:mod:`tdkstain.slides.writer`) under a temporary name, then move it into
    place; write a thumbnail PNG beside it.
 
 Resumable. The work folder ``OUT.partial/`` holds ``job.json`` (everything
-the stained pixels depend on), the statistics (``stats/global.npz`` or ``stats/passK/*.npz``)
+the stained pixels depend on), the statistics (``stats/global.npz`` or ``stats/passK/*.npz``),
+the background fill (``background.json``: its RGB, the glass tile and how it
+was normalised; ``background.png``: the stained glass tile, for a look)
 and each stained tile (``tiles/ROW_COL.png``, lossless), every file written
 atomically. A rerun with the same job reuses them and computes only the rest;
 a rerun with a different job (other checkpoint, resolution, tiles, norm, ...)
@@ -58,7 +78,13 @@ peak 2.5 GB RSS measured, about 3.5 GB at 40k with 16 statistics tiles).
 
 A slide in which no tissue is found gives a valid all-white TIFF and a
 warning that names ``--no-tissue-detection`` (an error would stop batch jobs
-over many slides for one empty scan).
+over many slides for one empty scan). It stays white rather than glass
+coloured: with no tissue there are no tissue statistics to stain the glass
+with, and glass normalised by its own statistics (an almost flat input
+whose variance is sensor noise) renders as amplified noise, not as the
+glass colour a stained slide has; white says "nothing was stained".
+``--no-tissue-detection`` stains every tile, glass included, so nothing is
+skipped and no fill is made.
 """
 
 from __future__ import annotations
@@ -72,7 +98,7 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -85,7 +111,7 @@ from tdkstain.plumbing.atomic import atomic_path, write_text_atomic
 from tdkstain.plumbing.errors import TdkstainError
 from tdkstain.plumbing.limits import check_number
 from tdkstain.slides.reader import MPP_TOLERANCE, Slide, SlideAtMpp, read_thumbnail
-from tdkstain.slides.tissue import tiles_touching, tissue_mask
+from tdkstain.slides.tissue import MAX_DARK_VALUE, box_sums, tiles_touching, tissue_mask
 from tdkstain.slides.writer import PyramidInfo, write_pyramid_tiff
 
 #: Chunks of tiles queued between the reader thread, the model and the writer thread.
@@ -173,6 +199,12 @@ class SlideResult:
     forward_passes: int
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
+    #: RGB (0..255) every skipped tile was filled with; None: nothing skipped, or no tissue (white).
+    background_rgb: tuple[float, float, float] | None = None
+    #: the tile grid over the (alignment-padded) slide, and which of its tiles were stained,
+    #: ``(grid.rows, grid.cols)`` bool (for :func:`tdkstain.inference.border_steps`).
+    grid: TileGrid | None = field(default=None, repr=False)
+    stained: np.ndarray | None = field(default=None, repr=False)
 
 
 # --------------------------------------------------------------------------- planning
@@ -186,6 +218,7 @@ class _Plan:
     grid: TileGrid
     tissue: list[TilePosition]  # row-major
     chunks: list[list[TilePosition]]
+    glass: TilePosition | None = None  # the skipped tile stained for the background fill
     tissue_index: dict[tuple[int, int], TilePosition] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -227,11 +260,42 @@ def _plan(slide: Slide, stainer: Stainer, target_mpp: float, options: SlideOptio
         boxes = [(p.x, p.y, p.width, p.height) for p in positions]
         touched = tiles_touching(mask, boxes, scale)
         tissue = [p for p, t in zip(positions, touched) if t]
+        skipped = [p for p, t in zip(positions, touched) if not t]
+        glass = _glass_tile(thumbnail, mask, skipped, scale, width, height) if tissue else None
     else:
-        tissue = list(positions)
+        tissue, glass = list(positions), None
     batch = stainer.batch
     chunks = [tissue[i : i + batch] for i in range(0, len(tissue), batch)]
-    return _Plan(view=view, width=width, height=height, grid=grid, tissue=tissue, chunks=chunks)
+    return _Plan(view=view, width=width, height=height, grid=grid, tissue=tissue, chunks=chunks, glass=glass)
+
+
+def _glass_tile(
+    thumbnail: np.ndarray, mask: np.ndarray, skipped: list[TilePosition], scale: float, width: int, height: int
+) -> TilePosition | None:
+    """The skipped tile that looks most like the slide's glass, or None when there is none.
+
+    Glass colour: the per-channel median of the thumbnail's background
+    (``(h, w, 3)`` uint8 ``thumbnail`` outside the ``(h, w)`` tissue ``mask``,
+    near-black excluded). Each skipped tile's mean absolute deviation from it
+    over the tile's thumbnail pixels (``scale``: thumbnail pixels per image
+    pixel) ranks the tiles; tiles inside the ``width x height`` slide come
+    before those reaching into the alignment padding; ties go to the first in
+    row-major order.
+    """
+    if not skipped:
+        return None
+    background = ~mask & (thumbnail.max(axis=2) > MAX_DARK_VALUE)
+    if not background.any():
+        return None
+    glass = np.median(thumbnail[background], axis=0)
+    deviation = np.abs(thumbnail.astype(np.float32) - glass.astype(np.float32)).sum(axis=2)
+    boxes = [(p.x, p.y, min(p.width, width - p.x), min(p.height, height - p.y)) for p in skipped]
+    means = box_sums(deviation, boxes, scale) / np.maximum(box_sums(np.ones(mask.shape, dtype=bool), boxes, scale), 1)
+    best = min(
+        range(len(skipped)),
+        key=lambda i: (skipped[i].x + skipped[i].width > width or skipped[i].y + skipped[i].height > height, means[i], i),
+    )
+    return skipped[best]
 
 
 def _job(slide: Slide, stainer: Stainer, plan: _Plan, options: SlideOptions, checkpoint_id: str) -> dict[str, Any]:
@@ -384,6 +448,16 @@ class _NeighbourhoodStats:
             del self._loaded[k]
         return out
 
+    def pooled_all(self) -> NormStats:
+        """The pool of every tissue tile's statistics (a kernel of unbounded radius), one chunk file at a time."""
+        pooled: NormStats | None = None
+        for k in range(len(self.plan.chunks)):
+            stats = _load_stats(self.folder / f"{k:06d}.npz")
+            pooled = combine_stats(stats if pooled is None else [pooled, *stats])
+        if pooled is None:
+            raise TdkstainError(f"{self.folder}: no tissue statistics to pool; delete the work folder and rerun")
+        return pooled
+
 
 def spread(count: int, limit: int) -> list[int]:
     """At most ``limit`` indices of ``range(count)``, evenly spaced from first to last (all when they fit)."""
@@ -465,6 +539,102 @@ def _save_tiles(work: Path, chunk: Sequence[TilePosition], stained: Sequence[np.
             Image.fromarray(tile).save(tmp, format="PNG", compress_level=1)
 
 
+# --------------------------------------------------------------------------- background
+
+
+BACKGROUND_FILE = "background.json"
+
+
+def _fill_region(plan: _Plan, p: TilePosition, inset: int) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` tile pixels averaged for the fill: ``inset`` in from every side, inside the slide."""
+    bottom, right = min(p.height, plan.height - p.y), min(p.width, plan.width - p.x)
+    top, left = min(inset, bottom // 2), min(inset, right // 2)
+    return top, max(top + 1, bottom - inset), left, max(left + 1, right - inset)
+
+
+def _read_fill(path: Path) -> tuple[float, float, float] | None | bool:
+    """The fill recorded in ``path``: RGB, None (recorded as none), or False (absent or unreadable)."""
+    try:
+        record = json.loads(path.read_text())
+        rgb = record["rgb"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+    if rgb is None:
+        return None
+    if not (isinstance(rgb, list) and len(rgb) == 3 and all(isinstance(v, (int, float)) and 0 <= v <= 255 for v in rgb)):
+        return False
+    return (float(rgb[0]), float(rgb[1]), float(rgb[2]))
+
+
+def _background_fill(
+    stainer: Stainer,
+    plan: _Plan,
+    work: Path,
+    pooled: _SameStats | _NeighbourhoodStats | None,
+    timings: dict[str, float],
+    log: Callable[[str], None],
+) -> tuple[tuple[float, float, float] | None, int]:
+    """The colour skipped tiles are filled with, recorded in ``work`` (reused from it when there).
+
+    The glass tile (:func:`_glass_tile`) is stained once, normalised as the
+    tissue tiles are (see the module docstring), and the mean RGB of its
+    middle is the fill. None (white) when nothing is skipped or no tissue was
+    found. Returns ``(fill, forward passes spent)``.
+    """
+    record = work / BACKGROUND_FILE
+    recorded = _read_fill(record)
+    if recorded is not False:
+        if recorded is not None:
+            log(f"background: RGB {', '.join(f'{v:.1f}' for v in recorded)} recorded in {record}")
+        return recorded, 0
+    t0 = time.perf_counter()
+    p = plan.glass
+    forward_passes = 0
+    if p is None or not plan.tissue:
+        if not plan.tissue:
+            why = "no tissue found: the slide is left white"
+        elif len(plan.tissue) == len(plan.grid):
+            why = "every tile is stained: nothing to fill"
+        else:
+            why = "no glass on the thumbnail (every background pixel is near black): skipped tiles are left white"
+            log(f"warning: {why}")
+        write_text_atomic(record, json.dumps({"rgb": None, "why": why}, indent=2))
+        return None, 0
+    he = _read_tiles(plan, [p])
+    if isinstance(pooled, _SameStats):
+        stats, how = [pooled.stats], "the tissue's global statistics"
+    elif isinstance(pooled, _NeighbourhoodStats):
+        stats, how = [pooled.pooled_all()], "the pool of every tissue tile's statistics (last pass)"
+    else:
+        stats, how = None, "its own statistics (norm tile)"
+    # Compiled (torch.compile, one graph per batch shape): a whole batch of copies reuses the staining pass's
+    # graph instead of compiling one for a batch of 1 (10-30 s on a CPU); eager: the tile alone.
+    copies = stainer.batch if stainer.compile else 1
+    stained = stainer.stain_tiles(he * copies, None if stats is None else stats * copies, as_float=True)[0]
+    forward_passes += copies
+    top, bottom, left, right = _fill_region(plan, p, stainer.overlap // 2)
+    rgb = stained[top:bottom, left:right].reshape(-1, 3).astype(np.float64).mean(axis=0)
+    he_rgb = he[0][top:bottom, left:right].reshape(-1, 3).astype(np.float64).mean(axis=0)
+    with atomic_path(work / "background.png") as tmp:
+        Image.fromarray(np.clip(np.rint(stained), 0, 255).astype(np.uint8)).save(tmp, format="PNG", compress_level=1)
+    write_text_atomic(record, json.dumps({
+        "rgb": [float(v) for v in rgb],
+        "glass_he_rgb": [float(v) for v in he_rgb],
+        "tile": {"row": p.row, "col": p.col, "x": p.x, "y": p.y, "width": p.width, "height": p.height},
+        "averaged": {"top": top, "bottom": bottom, "left": left, "right": right},
+        "normalised_with": how,
+    }, indent=2))
+    fill = _read_fill(record)  # what a resumed run reads: one path for both
+    if not fill:
+        raise TdkstainError(f"{record}: could not be read back after writing; check the disk, then rerun")
+    log(
+        f"background: glass tile ({p.row}, {p.col}) stained with {how}: RGB "
+        + ", ".join(f"{v:.1f}" for v in fill) + " fills the skipped tiles"
+    )
+    timings["background"] = time.perf_counter() - t0
+    return fill, forward_passes
+
+
 # --------------------------------------------------------------------------- assembly
 
 
@@ -473,12 +643,17 @@ def _touching(starts: list[int], size: int, lo: int, hi: int) -> range:
     return range(bisect.bisect_right(starts, lo - size), bisect.bisect_left(starts, hi))
 
 
-def _assemble_band(plan: _Plan, work: Path, margin: int, band_rows: int, y0: int) -> np.ndarray:
-    """Level-0 rows ``[y0, y0 + band_rows)``: stained tiles blended with the engine's weights, white elsewhere.
+def _assemble_band(
+    plan: _Plan, work: Path, margin: int, band_rows: int, y0: int, fill: tuple[float, float, float] | None = None
+) -> np.ndarray:
+    """Level-0 rows ``[y0, y0 + band_rows)``: stained tiles blended with the engine's weights, the fill elsewhere.
 
-    Pixels get ``sum(weight * tile) / sum(weight)`` over the stained tiles
-    covering them (as :class:`tdkstain.inference.Blender`), rounded; pixels
-    that no stained tile covers with positive weight are background (white).
+    Pixels get ``sum(weight * tile) / sum(weight)`` over the grid's tiles
+    covering them (as :class:`tdkstain.inference.Blender`), rounded; a
+    skipped tile counts as a tile of the ``fill`` colour (RGB 0..255), so a
+    stained tile next to it ramps into the fill across their overlap as it
+    would into a stained neighbour. ``fill`` None: skipped tiles do not take
+    part and pixels no stained tile covers are white (a slide without tissue).
     Blended one ``band_rows``-wide block at a time, decoding only the tiles
     that touch the block (each kept while the blocks to its right need it).
 
@@ -488,44 +663,62 @@ def _assemble_band(plan: _Plan, work: Path, margin: int, band_rows: int, y0: int
     grid = plan.grid
     tissue = plan.tissue_index
     y1 = min(plan.height, y0 + band_rows)
-    band = np.full((y1 - y0, plan.width, 3), 255, dtype=np.uint8)
+    background = np.full(3, 255.0 if fill is None else fill, dtype=np.float32)
+    band = np.empty((y1 - y0, plan.width, 3), dtype=np.uint8)
+    band[:] = np.clip(np.rint(background), 0, 255).astype(np.uint8)
     rows = _touching(grid.row_starts, grid.tile_height, y0, y1)
-    decoded: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    decoded: dict[tuple[int, int], tuple[np.ndarray | None, np.ndarray]] = {}
     for x0 in range(0, plan.width, band_rows):
         x1 = min(plan.width, x0 + band_rows)
         cols = _touching(grid.col_starts, grid.tile_width, x0, x1)
-        members = [(r, c) for r in rows for c in cols if (r, c) in tissue]
-        for key in [key for key in decoded if key not in members]:
+        touching = [(r, c) for r in rows for c in cols]
+        members = [key for key in touching if key in tissue]
+        for key in [key for key in decoded if key not in touching]:
             del decoded[key]  # blocks go left to right: a tile not needed here is done for this band
         if not members:
             continue
         total = np.zeros((y1 - y0, x1 - x0, 3), dtype=np.float32)
         weight = np.zeros((y1 - y0, x1 - x0, 1), dtype=np.float32)
-        for key in members:
-            p = tissue[key]
+        skipped = np.zeros((y1 - y0, x1 - x0, 1), dtype=np.float32)
+        for key in members if fill is None else touching:
+            r, c = key
+            p = tissue.get(key) or TilePosition(r, c, grid.row_starts[r], grid.col_starts[c], grid.tile_height, grid.tile_width)
             if key not in decoded:
-                with Image.open(_tile_file(work, p)) as image:
-                    decoded[key] = (np.asarray(image.convert("RGB")), grid.weights(p, margin)[:, :, None])
+                if key in tissue:
+                    with Image.open(_tile_file(work, p)) as image:
+                        decoded[key] = (np.asarray(image.convert("RGB")), grid.weights(p, margin)[:, :, None])
+                else:
+                    decoded[key] = (None, grid.weights(p, margin)[:, :, None])
             tile, w = decoded[key]
             ty0, ty1 = max(y0, p.y), min(y1, p.y + p.height)
             tx0, tx1 = max(x0, p.x), min(x1, p.x + p.width)
             piece_w = w[ty0 - p.y : ty1 - p.y, tx0 - p.x : tx1 - p.x]
-            piece = tile[ty0 - p.y : ty1 - p.y, tx0 - p.x : tx1 - p.x]
-            total[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] += piece * piece_w
-            weight[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] += piece_w
-        blended = np.divide(total, weight, out=np.full_like(total, 255.0), where=weight > 0)
+            where = (slice(ty0 - y0, ty1 - y0), slice(tx0 - x0, tx1 - x0))
+            if tile is None:
+                skipped[where] += piece_w
+                continue
+            total[where] += tile[ty0 - p.y : ty1 - p.y, tx0 - p.x : tx1 - p.x] * piece_w
+            weight[where] += piece_w
+        if fill is not None:
+            total += skipped * background
+            weight += skipped
+        blended = np.empty_like(total)
+        blended[:] = background
+        np.divide(total, weight, out=blended, where=weight > 0)
         band[:, x0:x1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     return band
 
 
-def _assembled_bands(plan: _Plan, work: Path, margin: int, band_rows: int, workers: int) -> Iterator[np.ndarray]:
+def _assembled_bands(
+    plan: _Plan, work: Path, margin: int, band_rows: int, workers: int, fill: tuple[float, float, float] | None
+) -> Iterator[np.ndarray]:
     """The level-0 bands top to bottom, ``workers`` of them blended at a time on threads (numpy and
     Pillow's decoder release the GIL), at most ``workers + 1`` waiting."""
     starts = iter(range(0, plan.height, band_rows))
     with ThreadPoolExecutor(workers, thread_name_prefix="slide-blend") as pool:
         pending: deque[Future] = deque()
         for y0 in starts:
-            pending.append(pool.submit(_assemble_band, plan, work, margin, band_rows, y0))
+            pending.append(pool.submit(_assemble_band, plan, work, margin, band_rows, y0, fill))
             if len(pending) > workers:
                 yield pending.popleft().result()
         while pending:
@@ -598,8 +791,17 @@ def _open_work_dir(
     return work
 
 
+def _stained_mask(plan: _Plan) -> np.ndarray:
+    """``(grid.rows, grid.cols)`` bool: which tiles are stained."""
+    mask = np.zeros((plan.grid.rows, plan.grid.cols), dtype=bool)
+    for p in plan.tissue:
+        mask[p.row, p.col] = True
+    return mask
+
+
 def _log_tissue(slide: Slide, plan: _Plan, total: int, background: int, log: Callable[[str], None]) -> None:
-    log(f"tissue: {len(plan.tissue)} of {total} tiles to stain, {background} background tiles skipped (left white)")
+    fate = "filled with the generator's rendering of the slide's glass" if plan.tissue else "left white"
+    log(f"tissue: {len(plan.tissue)} of {total} tiles to stain, {background} background tiles skipped ({fate})")
     if not plan.tissue:
         log(
             f"warning: no tissue found in {slide.path.name}; writing an all-white slide. If the slide does "
@@ -689,9 +891,16 @@ def _staining_pass(
 
 
 def _write_outputs(
-    slide: Slide, stainer: Stainer, plan: _Plan, work: Path, out: Path, options: SlideOptions, timings: dict[str, float]
+    slide: Slide,
+    stainer: Stainer,
+    plan: _Plan,
+    work: Path,
+    out: Path,
+    options: SlideOptions,
+    timings: dict[str, float],
+    fill: tuple[float, float, float] | None,
 ) -> tuple[PyramidInfo, Path]:
-    """Assemble the stained tiles into the pyramidal TIFF ``out`` and write its thumbnail PNG beside it."""
+    """Assemble the stained tiles and the ``fill`` into the pyramidal TIFF ``out``; write its thumbnail PNG beside it."""
     t0 = time.perf_counter()
     spill = work / "pyramid"
     shutil.rmtree(spill, ignore_errors=True)
@@ -704,7 +913,7 @@ def _write_outputs(
             tmp,
             plan.width,
             plan.height,
-            _assembled_bands(plan, work, stainer.blend_margin, options.tiff_tile, options.io_workers),
+            _assembled_bands(plan, work, stainer.blend_margin, options.tiff_tile, options.io_workers, fill),
             mpp=plan.view.mpp,
             spill_dir=spill,
             tile=options.tiff_tile,
@@ -772,9 +981,10 @@ def stain_slide(
             pooled, forward_passes = _global_stats(stainer, plan, work, timings, log)
         elif stainer.norm == "kernel" and plan.tissue:
             pooled, forward_passes = _kernel_stats(stainer, plan, work, options, timings, progress)
+        fill, fill_passes = _background_fill(stainer, plan, work, pooled, timings, log)
         reused, staining_passes = _staining_pass(stainer, plan, work, pooled, options, timings, log, progress)
-        forward_passes += staining_passes
-        info, thumbnail = _write_outputs(slide, stainer, plan, work, out, options, timings)
+        forward_passes += fill_passes + staining_passes
+        info, thumbnail = _write_outputs(slide, stainer, plan, work, out, options, timings, fill)
         _close_work_dir(work, options.keep_work)
         result = SlideResult(
             out=out,
@@ -792,6 +1002,9 @@ def stain_slide(
             forward_passes=forward_passes,
             seconds=time.perf_counter() - started,
             timings=timings,
+            background_rgb=fill,
+            grid=plan.grid,
+            stained=_stained_mask(plan),
         )
     log(
         f"wrote {out} ({plan.width}x{plan.height} px, {len(info.level_dimensions)} levels, {plan.view.mpp:.4g} um/px) "
@@ -803,6 +1016,9 @@ def stain_slide(
 
 def result_summary(result: SlideResult) -> dict[str, Any]:
     """:class:`SlideResult` as JSON-ready data."""
-    data = asdict(result)
+    data = {f.name: getattr(result, f.name) for f in fields(result) if f.name not in ("grid", "stained")}
     data["out"], data["thumbnail"] = str(result.out), str(result.thumbnail)
+    data["timings"] = dict(result.timings)
+    data["level_dimensions"] = [list(d) for d in result.level_dimensions]
+    data["background_rgb"] = None if result.background_rgb is None else list(result.background_rgb)
     return data

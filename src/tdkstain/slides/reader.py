@@ -40,6 +40,10 @@ MAX_DOWNSCALE = 32.0
 MAX_UPSCALE = 4.0
 
 BACKENDS = ("auto", "openslide", "tiffslide")
+#: File name endings that are whole-slide formats whatever their content (OpenSlide's vendor formats).
+SLIDE_SUFFIXES: tuple[str, ...] = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
+#: TIFF endings, which may hold a slide (a pyramid) or a plain image.
+TIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".btf")
 
 
 def _open_backend(path: Path, backend: str) -> tuple[Any, str]:

@@ -77,11 +77,27 @@ def tiles_touching(mask: np.ndarray, boxes: list[tuple[int, int, int, int]], sca
     Returns:
         ``(len(boxes),)`` bool.
     """
-    # A summed-area table answers "any tissue inside" for every box in O(1).
-    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
-    table[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
-    height, width = mask.shape
-    touched = np.zeros(len(boxes), dtype=bool)
+    return box_sums(mask, boxes, scale) > 0
+
+
+def box_sums(values: np.ndarray, boxes: list[tuple[int, int, int, int]], scale: float) -> np.ndarray:
+    """Sums of a thumbnail map over image boxes, each box widened to whole thumbnail pixels (at least one).
+
+    Args:
+        values: ``(h, w)`` bool or numbers on the thumbnail.
+        boxes: ``(x, y, width, height)`` in image pixels.
+        scale: thumbnail pixels per image pixel.
+    Returns:
+        ``(len(boxes),)``: int64 for bool or integer ``values``, else float64;
+        0 for a box wholly outside the thumbnail.
+    """
+    # A summed-area table answers every box in O(1).
+    exact = values.dtype == bool or np.issubdtype(values.dtype, np.integer)
+    dtype = np.int64 if exact else np.float64
+    table = np.zeros((values.shape[0] + 1, values.shape[1] + 1), dtype=dtype)
+    table[1:, 1:] = values.astype(dtype).cumsum(0).cumsum(1)
+    height, width = values.shape
+    sums = np.zeros(len(boxes), dtype=dtype)
     for index, (x, y, box_width, box_height) in enumerate(boxes):
         x0 = min(width, max(0, int(math.floor(x * scale))))
         y0 = min(height, max(0, int(math.floor(y * scale))))
@@ -89,5 +105,5 @@ def tiles_touching(mask: np.ndarray, boxes: list[tuple[int, int, int, int]], sca
         y1 = min(height, max(y0 + 1, int(math.ceil((y + box_height) * scale))))
         if x0 >= width or y0 >= height:
             continue
-        touched[index] = (table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]) > 0
-    return touched
+        sums[index] = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+    return sums

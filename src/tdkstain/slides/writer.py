@@ -16,6 +16,18 @@ at a time), and each band is halved into the next level's band, which is
 spilled to ``spill_dir`` as lossless PNG strips. Each lower level is then
 written from its strips while building the next. Memory is a few bands
 (``tile x width x 3`` bytes each), never a whole level.
+
+OME-TIFF (``layout="ome-tiff"``, ``tdkstain slide --format ome-tiff``): the
+same levels, tiles and compression, laid out as the OME-TIFF pyramid
+convention wants: OME-XML in level 0's ImageDescription (one Image, axes YXS,
+uint8 RGB, ``PhysicalSizeX/Y`` in µm, the tdkstain description as the
+Image's Description), and levels 1.. as SubIFDs of level 0 rather than in
+the main chain. Bio-Formats (QuPath), tifffile and tiffslide read it as a
+pyramid; OpenSlide 4 reads only the main chain, so it sees level 0 alone
+(see docs/viewer.md). :func:`copy_pyramid_tiff` turns a finished generic
+pyramid into the OME layout by copying its compressed tiles, so both files
+hold the same pixels to the bit, whatever the compression; memory is a few
+MiB of tiles at a time.
 """
 
 from __future__ import annotations
@@ -32,6 +44,9 @@ from PIL import Image
 from tdkstain.plumbing.errors import TdkstainError
 
 COMPRESSIONS = ("jpeg", "deflate")
+#: File layouts: a generic pyramid in the main IFD chain (OpenSlide, tiffslide, QuPath), or OME-TIFF
+#: (OME-XML with the pixel size, the pyramid in SubIFDs: Bio-Formats/QuPath, tifffile, tiffslide).
+LAYOUTS = ("tiff", "ome-tiff")
 #: Uncompressed size beyond which BigTIFF (64-bit offsets) is used; classic TIFF stops at 4 GiB.
 BIGTIFF_THRESHOLD_BYTES = 2**31
 #: Raw tiles tifffile gathers before encoding them on its threads (its default, 512 MiB, would dominate memory).
@@ -132,7 +147,9 @@ class _Halver:
             self.pending, self.rows = [], 0
 
 
-def _check_pyramid_options(tile: int, compression: str, jpeg_quality: int) -> None:
+def _check_pyramid_options(tile: int, compression: str, jpeg_quality: int, layout: str = "tiff") -> None:
+    if layout not in LAYOUTS:
+        raise TdkstainError(f"unknown slide format {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if tile % 16 or tile <= 0:
         raise TdkstainError(f"TIFF tile size must be a positive multiple of 16, got {tile}")
     if compression not in COMPRESSIONS:
@@ -146,6 +163,50 @@ def _compression_options(compression: str, jpeg_quality: int) -> dict:
     if compression == "jpeg":
         return dict(compression="jpeg", compressionargs={"level": int(jpeg_quality)})
     return dict(compression="zlib", compressionargs={"level": 6}, predictor=True)
+
+
+def _ome_metadata(mpp: float, description: str, name: str) -> dict:
+    """tifffile's OME-XML items for level 0: one RGB image with its pixel size in µm and its description."""
+    metadata = {"axes": "YXS", "PhysicalSizeX": float(mpp), "PhysicalSizeXUnit": "µm",
+                "PhysicalSizeY": float(mpp), "PhysicalSizeYUnit": "µm"}
+    if name:
+        metadata["Name"] = name
+    if description:
+        metadata["Description"] = description
+    return metadata
+
+
+def _level_options(layout: str, level: int, levels: int, mpp: float, description: str, name: str) -> dict:
+    """tifffile ``write`` arguments that place pyramid level ``level`` (of ``levels``) in ``layout``.
+
+    Both layouts record the resolution as XResolution/YResolution in pixels per
+    centimetre (``1e4 / (mpp * 2**level)``) and flag levels after the first as
+    reduced-resolution; "tiff" puts ``description`` in level 0's ImageDescription,
+    "ome-tiff" puts it in the OME-XML and makes levels 1.. SubIFDs of level 0.
+    """
+    pixels_per_cm = 1e4 / (mpp * 2**level)
+    options = dict(
+        photometric="rgb",
+        resolution=(pixels_per_cm, pixels_per_cm),
+        resolutionunit="CENTIMETER",
+        subfiletype=1 if level else 0,
+        software="tdkstain",
+        metadata=None,
+    )
+    if layout == "tiff":
+        options["description"] = description if level == 0 and description else None
+    elif level == 0:
+        options.update(subifds=levels - 1, metadata=_ome_metadata(mpp, description, name))
+    return options
+
+
+def _writer_options(layout: str, width: int, height: int) -> dict:
+    """tifffile ``TiffWriter`` arguments: BigTIFF beyond :data:`BIGTIFF_THRESHOLD_BYTES` of level-0 RGB, and OME
+    when asked for (not left to the file name: an atomic write's temporary name does not end in ``.ome.tif``)."""
+    options: dict = {"bigtiff": width * height * 3 > BIGTIFF_THRESHOLD_BYTES}
+    if layout == "ome-tiff":
+        options["ome"] = True
+    return options
 
 
 def _encode_buffer_option() -> dict:
@@ -204,8 +265,10 @@ def write_pyramid_tiff(
     description: str = "",
     thumbnail_size: int = 1024,
     maxworkers: int | None = None,
+    layout: str = "tiff",
+    name: str = "",
 ) -> PyramidInfo:
-    """Write a pyramidal tiled TIFF from level-0 bands.
+    """Write a pyramidal tiled TIFF (generic or OME-TIFF, see the module docstring) from level-0 bands.
 
     Args:
         path: the file to write (write to a temporary name and move it into place;
@@ -220,12 +283,15 @@ def write_pyramid_tiff(
         description: ImageDescription of level 0.
         thumbnail_size: longer side of the returned thumbnail.
         maxworkers: tile-encoding threads (None: tifffile's choice).
+        layout: ``"tiff"`` (generic, the pyramid in the main IFD chain) or ``"ome-tiff"``
+            (OME-XML with the pixel size, the pyramid in SubIFDs).
+        name: the OME Image's Name (ignored by ``"tiff"``), e.g. the output's file name.
     Returns:
         :class:`PyramidInfo` with each level's size and an ``(h, w, 3)`` uint8 thumbnail.
     """
     import tifffile
 
-    _check_pyramid_options(tile, compression, jpeg_quality)
+    _check_pyramid_options(tile, compression, jpeg_quality, layout)
     options = _compression_options(compression, jpeg_quality)
     dims = pyramid_dimensions(width, height, tile)
     spill_root = Path(spill_dir)
@@ -233,29 +299,21 @@ def write_pyramid_tiff(
     thumbnail_level = next((k for k, (w, h) in enumerate(dims) if max(w, h) <= 2 * thumbnail_size), len(dims) - 1)
     kept: list[np.ndarray] = []
     info = PyramidInfo(level_dimensions=dims)
-    pixels_per_cm = 1e4 / mpp
     buffer_option = _encode_buffer_option()
 
-    with tifffile.TiffWriter(path, bigtiff=width * height * 3 > BIGTIFF_THRESHOLD_BYTES) as tiff:
+    with tifffile.TiffWriter(path, **_writer_options(layout, width, height)) as tiff:
         level_bands: Iterable[np.ndarray] = bands
         for level, (level_width, level_height) in enumerate(dims):
             spill = _Spill(spill_root, level + 1) if level + 1 < len(dims) else None
             halver = _Halver(tile, spill) if spill is not None else None
             checked = _checked_bands(level_bands, level_width, level_height, tile, level)
-            downsample = 2**level
             tiff.write(
                 _level_tiles(checked, tile, level_height, halver, kept if level == thumbnail_level else None),
                 shape=(level_height, level_width, 3),
                 dtype=np.uint8,
                 tile=(tile, tile),
-                photometric="rgb",
-                resolution=(pixels_per_cm / downsample, pixels_per_cm / downsample),
-                resolutionunit="CENTIMETER",
-                subfiletype=1 if level else 0,
-                description=description if level == 0 and description else None,
-                software="tdkstain",
-                metadata=None,
                 maxworkers=maxworkers,
+                **_level_options(layout, level, len(dims), mpp, description, name),
                 **options,
                 **buffer_option,
             )
@@ -281,3 +339,132 @@ def _checked_bands(bands: Iterable[np.ndarray], width: int, height: int, tile: i
         row += expected
         yield band
 
+
+
+# --------------------------------------------------------------------------- another layout, same tiles
+
+
+def _resolution_mpp(page) -> float | None:
+    """Microns per pixel from a page's XResolution and ResolutionUnit (centimetre or inch), or None."""
+    tags = page.tags
+    if "XResolution" not in tags or "ResolutionUnit" not in tags:
+        return None
+    numerator, denominator = tags["XResolution"].value
+    unit = int(tags["ResolutionUnit"].value)
+    pixels_per_unit = numerator / denominator if denominator else 0.0
+    microns_per_unit = {2: 25400.0, 3: 1e4}.get(unit)
+    if microns_per_unit is None or pixels_per_unit <= 0:
+        return None
+    return microns_per_unit / pixels_per_unit
+
+
+def _pyramid_pages(tif, path: Path) -> list:
+    """The levels of a generic pyramidal TIFF: its main-chain pages, tiled uint8 RGB, each smaller than the one before."""
+    pages = [page for page in tif.pages if page.is_tiled]  # not a stripped label or macro image
+    if not pages:
+        raise TdkstainError(f"{path}: has no tiled image; pass a pyramidal TIFF that tdkstain slide wrote")
+    for level, page in enumerate(pages):
+        if page.dtype != np.uint8 or page.samplesperpixel != 3 or page.planarconfig != 1:
+            raise TdkstainError(
+                f"{path}: level {level} is not 8-bit interleaved RGB ({page.dtype}, {page.samplesperpixel} samples); "
+                "pass a pyramidal TIFF that tdkstain slide wrote"
+            )
+        if level and (page.imagewidth >= pages[level - 1].imagewidth or page.imagelength >= pages[level - 1].imagelength):
+            raise TdkstainError(f"{path}: page {level} is not smaller than the page before it, so it is no pyramid level")
+    return pages
+
+
+def copy_pyramid_tiff(
+    source: str | os.PathLike,
+    destination: str | os.PathLike,
+    *,
+    layout: str = "ome-tiff",
+    mpp: float | None = None,
+    name: str = "",
+) -> list[tuple[int, int]]:
+    """Write the pyramid of a generic pyramidal TIFF again in ``layout``, copying its compressed tiles.
+
+    Nothing is decoded or re-encoded: every level keeps its size, tile size,
+    compression (JPEG, deflate with its predictor, ...) and bytes, so the two
+    files hold identical pixels. Memory: tifffile reads at most a few MiB of
+    tiles at a time (:data:`ENCODE_BUFFER_BYTES`), whatever the slide's size.
+
+    Args:
+        source: a generic pyramidal TIFF (levels in the main IFD chain), e.g. what
+            ``tdkstain slide`` writes with ``--format tiff``.
+        destination: the file to write (write to a temporary name and move it into
+            place: :func:`tdkstain.plumbing.atomic.atomic_path`); not ``source``.
+        layout: ``"ome-tiff"`` or ``"tiff"`` (see the module docstring).
+        mpp: microns per level-0 pixel (default: the source's XResolution and ResolutionUnit).
+        name: the OME Image's Name (ignored by ``"tiff"``).
+    Returns:
+        ``(width, height)`` of every level, level 0 first.
+    Raises:
+        TdkstainError: the source is no tiled 8-bit RGB pyramid or records no resolution and ``mpp`` is not given.
+    """
+    import tifffile
+
+    _check_pyramid_options(16, "jpeg", 90, layout)
+    source = Path(source)
+    with tifffile.TiffFile(source) as tif:
+        pages = _pyramid_pages(tif, source)
+        level_mpp = mpp if mpp is not None else _resolution_mpp(pages[0])
+        if level_mpp is None or not level_mpp > 0:
+            raise TdkstainError(f"{source}: records no resolution (XResolution in pixels per cm or inch); pass its mpp")
+        description = pages[0].description if pages[0].description.startswith("tdkstain ") else ""
+        dims = [(int(page.imagewidth), int(page.imagelength)) for page in pages]
+        handle = tif.filehandle
+        with tifffile.TiffWriter(destination, **_writer_options(layout, *dims[0])) as tiff:
+            for level, page in enumerate(pages):
+                tiles = (
+                    segment
+                    for segment, _ in handle.read_segments(
+                        page.dataoffsets, page.databytecounts, sort=False, buffersize=ENCODE_BUFFER_BYTES
+                    )
+                )
+                options = _level_options(layout, level, len(pages), level_mpp, description, name)
+                options["photometric"] = page.photometric
+                tiff.write(
+                    tiles,
+                    shape=page.shape,
+                    dtype=page.dtype,
+                    tile=(page.tilelength, page.tilewidth),
+                    compression=page.compression,
+                    predictor=page.predictor,
+                    jpegtables=page.jpegtables,
+                    subsampling=page.subsampling if page.photometric == 6 else None,
+                    **options,
+                )
+    return dims
+
+
+def stained_description(path: str | os.PathLike) -> str:
+    """The description tdkstain wrote into a slide it stained (either layout), or ``""``.
+
+    Generic TIFF: level 0's ImageDescription. OME-TIFF: the Description of the
+    OME-XML's Image. Anything unreadable, or a file tdkstain did not write, gives ``""``.
+    """
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            text = tif.pages[0].description or ""
+            if tif.is_ome:
+                text = _ome_description(tif.ome_metadata or "")
+    except Exception:  # not a TIFF, damaged, unreadable: not ours
+        return ""
+    return text if text.startswith("tdkstain ") else ""
+
+
+def _ome_description(text: str) -> str:
+    """The first Image's Description in OME-XML text, or ``""``."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError:
+        return ""
+    for element in root.iter():
+        if element.tag.rsplit("}", 1)[-1] == "Description" and element.text:
+            return element.text
+    return ""
