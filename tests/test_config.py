@@ -98,3 +98,14 @@ def test_each_method_checks_only_its_own_options():
         load_config("pix2pix", ["options.nce_layers=[1]"])
     with pytest.raises(TdkstainError, match=r"options.norm: Input should be 'instance' or 'batch'"):
         load_config("cyclegan", ["options.norm=group"])
+
+
+def test_schedule_over_steps_stretches_epochs_and_decay_to_the_budget():
+    from tdkstain.training.config import load_config, schedule_over_steps
+
+    cfg = load_config("demo-cpu", ["data.batch=3", "schedule.epochs=40", "schedule.decay_epochs=10"])
+    # 37 pairs at batch 3: 13 steps an epoch (the last batch partial); 390 steps = 30 epochs, the decay a quarter
+    assert schedule_over_steps(cfg, 37, 390) == ["schedule.epochs=30", "schedule.decay_epochs=8", "train.max_steps=390"]
+    assert schedule_over_steps(cfg, 37, 5) == ["schedule.epochs=1", "schedule.decay_epochs=0", "train.max_steps=5"]
+    with pytest.raises(TdkstainError, match="needs training pairs"):
+        schedule_over_steps(cfg, 0, 100)
