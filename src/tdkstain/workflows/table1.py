@@ -47,6 +47,7 @@ __all__ = [
     "table1_rows",
     "BenchmarkMethod",
     "resolve_methods",
+    "train_and_translate",
     "translate_tiles",
     "run_benchmark",
     "format_table",
@@ -253,6 +254,44 @@ def _is_done(method: BenchmarkMethod, tiles: int) -> bool:
     return record.get("tiles") == tiles
 
 
+def resumed_step(run_dir: str | os.PathLike) -> int | None:
+    """The step of a run folder's newest checkpoint (where a training would resume), or None for a fresh run."""
+    from tdkstain.training.state import newest_checkpoint
+
+    newest = newest_checkpoint(run_dir)
+    return None if newest is None else int(newest.stem.rpartition("_")[2])
+
+
+def train_and_translate(method: BenchmarkMethod, pairs: list, device: str | torch.device, *, progress: bool = True,
+                        log: Callable[[str], None] = print, label: str | None = None) -> bool:
+    """Train one method (resuming its run folder) and translate the test tiles, unless it is already done.
+
+    Shared by the Table 1 benchmark and the ablation study. ``pairs``: the test pairs
+    (``data.pairs.Pair``); the generated tiles go to ``method.generated_dir/STEM.png`` and
+    the done marker (:data:`DONE_FILE`, the method's config and the tile count) is written last.
+    ``label`` starts every log line (default ``benchmark: NAME``). Returns True when it trained
+    and translated, False when an earlier run had finished it.
+    """
+    from tdkstain.training import train
+
+    label = label or f"benchmark: {method.name}"
+    if _is_done(method, len(pairs)):
+        log(f"{label}: already finished, not retrained ({method.generated_dir})")
+        return False
+    step = resumed_step(method.run_dir)
+    resumed = "" if step is None else f", resumed at step {step}"
+    log(f"{label}: training ({method.config_source}{resumed}) into {method.run_dir}")
+    result = train(method.cfg, method.run_dir, progress=progress and sys.stderr.isatty())
+    weights = result.run_dir / "weights" / "generator.safetensors"
+    if not weights.is_file():
+        raise TdkstainError(f"{method.run_dir}: training finished without generator weights (train.max_steps=0?)")
+    del result
+    log(f"{label}: translating {len(pairs)} test tiles")
+    translate_tiles(weights, [p.he for p in pairs], method.generated_dir, names=[p.stem for p in pairs], device=device)
+    write_text_atomic(method.generated_dir / DONE_FILE, json.dumps(_done_record(method, len(pairs))) + "\n")
+    return True
+
+
 def run_benchmark(data: str | os.PathLike, methods: str | list[tuple[str, str]], out: str | os.PathLike, *,
                   steps: int | None = None, overrides: list[str] = (), evaluation: Any = None,
                   device: str = "auto", progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -271,7 +310,6 @@ def run_benchmark(data: str | os.PathLike, methods: str | list[tuple[str, str]],
     """
     from tdkstain.evaluation import EvaluationOptions, evaluate
     from tdkstain.plumbing.devices import resolve_device
-    from tdkstain.training import train
 
     log = log or (lambda message: print(message, file=sys.stderr))
     out = Path(out)
@@ -284,22 +322,10 @@ def run_benchmark(data: str | os.PathLike, methods: str | list[tuple[str, str]],
         "methods": {m.name: {"config": m.config_source, "overrides": m.overrides} for m in resolved},
     }
     write_text_atomic(out / "benchmark.json", json.dumps(settings, indent=2) + "\n")
-    he_files = [p.he for p in pairs]
     translate_device = resolve_device(device)
 
     for method in resolved:
-        if _is_done(method, len(pairs)):
-            log(f"benchmark: {method.name}: already finished, not retrained ({method.generated_dir})")
-            continue
-        log(f"benchmark: {method.name}: training ({method.config_source}) into {method.run_dir}")
-        result = train(method.cfg, method.run_dir, progress=progress and sys.stderr.isatty())
-        weights = result.run_dir / "weights" / "generator.safetensors"
-        if not weights.is_file():
-            raise TdkstainError(f"{method.run_dir}: training finished without generator weights (train.max_steps=0?)")
-        del result
-        log(f"benchmark: {method.name}: translating {len(he_files)} test tiles")
-        translate_tiles(weights, he_files, method.generated_dir, names=[p.stem for p in pairs], device=translate_device)
-        write_text_atomic(method.generated_dir / DONE_FILE, json.dumps(_done_record(method, len(pairs))) + "\n")
+        train_and_translate(method, pairs, translate_device, progress=progress, log=log, label=f"benchmark: {method.name}")
 
     real_dir = _common_folder([p.ihc for p in pairs], out / "reference" / "ihc")
     he_dir = _common_folder([p.he for p in pairs], out / "reference" / "he")
@@ -390,8 +416,13 @@ def table_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def comparison_figure(path: Path, pairs: list, methods: list[BenchmarkMethod], tiles: int = 4) -> Path:
-    """Fig. 3 style panel: rows = test tiles (spread over the test set), columns = H&E, real IHC, each method."""
+def comparison_figure(path: Path, pairs: list, methods: list[BenchmarkMethod], tiles: int | None = 4, *,
+                      names: list[str] | None = None, row_labels: list[str] | None = None) -> Path:
+    """Fig. 3 style panel: rows = test tiles, columns = H&E, real IHC, each method.
+
+    ``tiles``: how many rows, spread over ``pairs``; None shows every pair in order. ``names``: the
+    methods' column titles (default their Table 1 display names); ``row_labels``: one per row (default the stems).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -400,8 +431,9 @@ def comparison_figure(path: Path, pairs: list, methods: list[BenchmarkMethod], t
     from tdkstain.plumbing.atomic import atomic_path
     from tdkstain.data.images import read_rgb
 
-    chosen = [pairs[i] for i in np.linspace(0, len(pairs) - 1, min(tiles, len(pairs))).round().astype(int)]
-    columns = ["H&E", "real IHC"] + [table1_rows().get(m.name, ("", m.name))[1] for m in methods]
+    chosen = pairs if tiles is None else [pairs[i] for i in np.linspace(0, len(pairs) - 1, min(tiles, len(pairs))).round().astype(int)]
+    names = names or [table1_rows().get(m.name, ("", m.name))[1] for m in methods]
+    columns = ["H&E", "real IHC"] + list(names)
     fig, axes = plt.subplots(len(chosen), len(columns), figsize=(1.8 * len(columns), 1.8 * len(chosen) + 0.3), squeeze=False)
     for r, pair in enumerate(chosen):
         images = [read_rgb(pair.he), read_rgb(pair.ihc)] + [read_rgb(m.generated_dir / f"{pair.stem}.png") for m in methods]
@@ -412,7 +444,7 @@ def comparison_figure(path: Path, pairs: list, methods: list[BenchmarkMethod], t
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(columns[c], fontsize=8)
-        axes[r][0].set_ylabel(pair.stem, fontsize=6)
+        axes[r][0].set_ylabel(pair.stem if row_labels is None else row_labels[r], fontsize=6)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
