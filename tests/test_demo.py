@@ -116,7 +116,7 @@ def test_demo_rerun_skips_finished_steps_and_refuses_other_settings(demo):
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert tdkstain(["demo", "--quick", "--out", str(out), "--no-progress", "--workers", "1"]) == 0
-    assert printed.getvalue().count("done in an earlier run") == 9, printed.getvalue()
+    assert printed.getvalue().count("done in an earlier run") == 10, printed.getvalue()
     assert weights.stat().st_mtime_ns == before
     with pytest.raises(TdkstainError, match="other settings"):
         from tdkstain.cli.demo import run

@@ -138,3 +138,24 @@ def test_the_command_lines_offer_exactly_the_scorers_tumour_rules():
     from tdkstain.scoring import TUMOUR_RULES
 
     assert CLI_RULES == TUMOUR_RULES
+
+
+def test_confusion_titles_are_plain_text_with_an_undefined_kappa_as_na(tmp_path, monkeypatch):
+    from tdkstain.evaluation import report
+
+    seen = {}
+
+    def capture(path, confusions, classes, xlabel, ylabel, titles=None):
+        seen.update(titles)
+        return path
+
+    monkeypatch.setattr(report, "plot_confusions", capture)
+    monkeypatch.setattr(report, "plot_bland_altman", lambda path, her2: path)
+    her2 = {"confusion": np.zeros((4, 4)).tolist(), "h_score_pairs": []}
+    metrics = {"methods": {"a": {"her2": {**her2, "kappa": 0.8214, "scored": 12}},
+                           "b": {"her2": {**her2, "kappa": float("nan"), "scored": 0}}}}
+    try:
+        report._her2_section(tmp_path, metrics)
+    except (KeyError, TypeError):
+        pass  # the table after the figures may want more fields; the titles are made first
+    assert seen == {"a": "a: kappa 0.821, 12 pairs", "b": "b: kappa n/a, 0 pairs"}

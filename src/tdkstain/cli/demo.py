@@ -37,9 +37,11 @@ example:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for everything (default: demo_out)")
     parser.add_argument("--pairs", type=int, default=48, help="synthetic pairs, 3/4 train, 1/4 test (default: 48)")
-    parser.add_argument("--size", type=int, default=256, help="tile side in pixels (default: 256)")
+    parser.add_argument("--size", type=int, default=512,
+                        help="tile side in pixels (default: 512, enough tumour cells per tile to score HER2)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="training steps (default: the demo-cpu preset's budget, train.max_steps = 300)")
+                        help="training steps (default: the demo-cpu preset's schedule, 50 epochs: about 900 steps on "
+                        "36 training pairs; a smaller number shrinks the schedule, decay included)")
     parser.add_argument("--workers", type=int, default=2, help="extraction worker processes (default: 2)")
     parser.add_argument("--no-fid", action="store_true",
                         help="skip FID/KID in the evaluation (default: computed when the Inception network is "

@@ -170,7 +170,7 @@ def _her2_section(out_dir: Path, metrics: dict) -> tuple[str, list[tuple[Path, s
     figures = [
         (plot_confusions(plots / "her2_confusion.png", {n: np.asarray(h["confusion"]) for n, h in her2.items()},
                          SCORES, "HER2 score of the generated IHC", "HER2 score of the real IHC",
-                         {n: f"{n}: kappa {_num(h['kappa'], 3)}, {h['scored']} pairs" for n, h in her2.items()}),
+                         {n: f"{n}: kappa {_plain(h['kappa'], 3)}, {h['scored']} pairs" for n, h in her2.items()}),
          "HER2 scores of the generated vs the real IHC (tdkstain score, ASCO/CAP 2018), pairs scorable on both sides."),
         (plot_bland_altman(plots / "her2_bland_altman.png", her2),
          "Bland-Altman plot of H-scores: each pair's difference (generated - real) against its mean; "
@@ -214,6 +214,13 @@ def _num(value: Any, digits: int) -> str:
     """A number for the HTML tables; None or NaN as n/a."""
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return '<span class=na>n/a</span>'
+    return f"{value:.{digits}f}"
+
+
+def _plain(value: Any, digits: int) -> str:
+    """A number for figure titles (plain text, no HTML); None or NaN as n/a."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
     return f"{value:.{digits}f}"
 
 
