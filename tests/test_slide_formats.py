@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import math
 import sys
 import xml.etree.ElementTree as ET
@@ -246,7 +248,7 @@ def test_cli_slide_dzi_without_pyvips_fails_before_staining(tiny_checkpoint, tmp
     assert not (tmp_path / "o.tif").exists() and not (tmp_path / "o.tif.partial").exists()
 
 
-def test_cli_cohort_writes_deep_zoom_beside_each_slide_and_refuses_ome_tiff(tiny_checkpoint, tmp_path, capsys):
+def test_cli_cohort_writes_deep_zoom_or_ome_tiff_and_its_rerun_skips_ome_outputs(tiny_checkpoint, tmp_path, capsys):
     from tdkstain.cli import main
 
     (tmp_path / "scans").mkdir()
@@ -255,9 +257,19 @@ def test_cli_cohort_writes_deep_zoom_beside_each_slide_and_refuses_ome_tiff(tiny
         write_test_slide(tmp_path / "scans" / f"s{seed}.tif", image, mpp=0.5, levels=1)
     common = ["slide", "--checkpoint", str(tiny_checkpoint), str(tmp_path / "scans"), "--out", str(tmp_path / "out"),
               "--tile", "128", "--overlap", "16", "--compile", "off", "--no-progress"]
-    assert main([*common, "--format", "ome-tiff"]) == 2
-    assert "--format ome-tiff takes one slide at a time" in capsys.readouterr().err
     assert main([*common, "--dzi"]) == 0, capsys.readouterr().err
     for stem in ("s0", "s1"):
         zoom = read_deepzoom(tmp_path / "out" / f"{stem}.dzi")
         assert (zoom.width, zoom.height) == (256, 256) and (tmp_path / "out" / f"{stem}.tif").is_file()
+    # OME-TIFF: another setting, so both are stained again; a rerun then recognises the OME outputs as done.
+    ome = [*common[:5], str(tmp_path / "ome"), *common[6:], "--format", "ome-tiff"]
+    assert main(ome) == 0, capsys.readouterr().err
+    for stem in ("s0", "s1"):
+        with tifffile.TiffFile(tmp_path / "ome" / f"{stem}.tif") as tif:
+            assert tif.is_ome and tif.series[0].levels[0].shape[:2] == (256, 256)
+    status = json.loads((tmp_path / "ome" / "cohort.json").read_text())
+    assert [s["status"] for s in status["slides"]] == ["done", "done"], status
+    capsys.readouterr()
+    assert main(ome) == 0
+    status = json.loads((tmp_path / "ome" / "cohort.json").read_text())
+    assert [s["status"] for s in status["slides"]] == ["skipped", "skipped"], status

@@ -111,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality 1-100 (default 90)")
     output.add_argument("--tiff-tile", type=int, default=256, help="TIFF tile side, a multiple of 16 (default 256)")
     output.add_argument("--format", dest="slide_format", choices=("tiff", "ome-tiff"), default="tiff",
-                        help="tiff: generic tiled pyramid (OpenSlide, tiffslide, QuPath); ome-tiff (one slide): OME-TIFF, "
+                        help="tiff: generic tiled pyramid (OpenSlide, tiffslide, QuPath); ome-tiff: OME-TIFF, "
                         "the pixel size in its OME-XML and the pyramid in SubIFDs (QuPath/Bio-Formats, tiffslide; "
                         "OpenSlide 4 sees its level 0 only); same tiles, same pixels (default tiff)")
     output.add_argument("--dzi", action="store_true",
@@ -143,11 +143,9 @@ def run(args: argparse.Namespace) -> int:
     info = env_info()  # under torchrun: this process's rank, the job's size, its GPU (LOCAL_RANK)
     out = Path(args.out)
     single = single_slide_output(args.inputs, out)
-    # --format/--dzi (tdkstain.slides.formats): checked before the model loads; an OME-TIFF an earlier run
-    # wrote is replaced like the TIFF it would have written (the pipeline knows only the latter's signature)
     from tdkstain.slides.formats import check_formats, finish_formats
 
-    args.force = args.force or check_formats(out, args.slide_format, args.dzi, cohort=not single)
+    check_formats(args.slide_format, args.dzi)  # --format/--dzi: before the model loads (pyvips missing, ...)
     entries = []
     if single:
         check_output_path(out, args.force)  # before loading the model: fail fast on a bad output path

@@ -22,50 +22,27 @@ from typing import Callable
 
 from tdkstain.plumbing.atomic import atomic_path
 from tdkstain.plumbing.errors import TdkstainError
-from tdkstain.slides.writer import LAYOUTS, copy_pyramid_tiff, stained_description
+from tdkstain.slides.writer import LAYOUTS, copy_pyramid_tiff
 
 
-def check_formats(out: str | os.PathLike, layout: str, dzi: bool, *, cohort: bool = False) -> bool:
+def check_formats(layout: str, dzi: bool) -> None:
     """Check ``--format``/``--dzi`` before staining.
 
     Args:
-        out: the output slide (one slide) or folder (a cohort).
         layout: ``"tiff"`` or ``"ome-tiff"``.
         dzi: Deep Zoom tiles are wanted (pyvips must load).
-        cohort: several slides into the folder ``out``.
-    Returns:
-        True when ``out`` is an OME-TIFF that tdkstain slide wrote: a rerun may replace it as it
-        replaces its own generic TIFF (the pipeline recognises only the latter's signature).
     Raises:
-        TdkstainError: an unknown layout, ``dzi`` without pyvips (saying how to install it), or
-            OME-TIFF for a cohort (whose reruns would not recognise OME-TIFF outputs as finished).
+        TdkstainError: an unknown layout, or ``dzi`` without pyvips (saying how to install it).
+
+    Either layout's earlier output is recognised as tdkstain's (``pipeline.is_stained_slide``), so a rerun
+    replaces it, and a cohort's rerun skips it, as it does the default TIFF.
     """
     if layout not in LAYOUTS:
         raise TdkstainError(f"--format {layout!r} is unknown; choose one of {', '.join(LAYOUTS)}")
-    if cohort and layout != "tiff":
-        raise TdkstainError("--format ome-tiff takes one slide at a time for now: a rerun of a cohort would not "
-                            "recognise its OME-TIFF outputs as finished and would stain them again; stain the cohort "
-                            "with --format tiff")
     if dzi:
         from tdkstain.slides.deepzoom import load_pyvips
 
         load_pyvips()
-    if cohort:
-        return False
-    from tdkstain.slides.pipeline import OUTPUT_SIGNATURE
-
-    out = Path(out)
-    return out.is_file() and OUTPUT_SIGNATURE in stained_description(out) and _is_ome(out)
-
-
-def _is_ome(path: Path) -> bool:
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            return bool(tif.is_ome)
-    except Exception:  # not a TIFF after all: not ours
-        return False
 
 
 def finish_formats(

@@ -732,15 +732,11 @@ OUTPUT_SIGNATURE = "virtual HER2 IHC of "  # in the ImageDescription of every sl
 
 
 def is_stained_slide(path: Path) -> bool:
-    """True when ``path`` is a pyramidal TIFF that tdkstain slide wrote (its level-0 description says so)."""
-    try:
-        import tifffile
+    """True when ``path`` is a pyramidal TIFF or OME-TIFF that tdkstain slide wrote (its description says so:
+    :func:`tdkstain.slides.writer.stained_description`)."""
+    from tdkstain.slides.writer import stained_description
 
-        with tifffile.TiffFile(path) as tif:
-            description = tif.pages[0].description or ""
-    except Exception:  # not a TIFF, damaged, unreadable: not ours
-        return False
-    return description.startswith("tdkstain ") and OUTPUT_SIGNATURE in description
+    return OUTPUT_SIGNATURE in stained_description(path)
 
 
 def check_output_path(out: Path, force: bool = False) -> None:
