@@ -223,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overlap", type=int, default=64, help="tile overlap (default 64, tdkstain slide's)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared machine)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="also a trained generator: a run folder or weights file (e.g. the demo's demo_out/run); "
+                        "measured as 'trained' after the two made here")
     args = parser.parse_args(argv)
 
     import torch
@@ -236,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     with Slide(SLIDE) as slide:
         calibration = slide.read(0, x, y, side, side)
     generators = {"off-white": off_white_generator(calibration), "untrained": untrained_generator()}
+    if args.checkpoint is not None:
+        from tdkstain.weights import load_generator
+
+        generators["trained"] = load_generator(args.checkpoint).eval()
     tiles = [int(t) for t in args.tiles.split(",")]
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -272,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             "off-white": "untrained ResnetGenerator (ngf 16, 3 blocks, seed 0), output conv refitted to a haematoxylin-only "
                          f"IHC of the calibration box on glass tinted {GLASS_IHC}",
             "untrained": "the same ResnetGenerator untrained",
+            **({"trained": f"the generator of {args.checkpoint}"} if args.checkpoint is not None else {}),
         },
         "results": results,
     }

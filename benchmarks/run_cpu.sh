@@ -16,6 +16,7 @@ run infer benchmarks/infer.py --json "$out/infer.json"
 run extract benchmarks/extract_speed.py
 run slide benchmarks/slide_memory.py --sizes 3072 --ngf 64 --blocks 9 --tile 1024 --batch 1 --compile
 run cohort_throughput benchmarks/cohort_throughput.py --json "$out/cohort_throughput.json"
+run background_seams benchmarks/background_seams.py --out "$out"
 
 
 echo "results in $out"
