@@ -371,3 +371,12 @@ def test_parallel_runs_train_as_the_sequential_study(tmp_path, monkeypatch, caps
     with pytest.raises(TdkstainError, match="--jobs"):
         ablation.StudySettings(tmp_path, jobs=0)
     assert main(["benchmark", "--data", str(one / "data"), "--out", str(tmp_path / "t1"), "--jobs", "2"]) == 2
+
+
+def test_a_study_of_tdkstain_alone_says_there_is_nothing_to_compare():
+    metrics = {m.key: {"mean": 0.5, "low": 0.25, "high": 0.75} for m in truth.METRICS}
+    study = {"settings": {"seeds": [0], "variants": ["tdkstain"], "steps": 9, "test_tiles": 4},
+             "variants": {"tdkstain": {"name": "TDKstain", "metrics": metrics}}, "differences": {}}
+    table = ablation.format_table(study)
+    assert table.rstrip().endswith("Only TDKstain was trained: no ablation to compare with it (--variants).")
+    assert "## Differences" not in table and "| SSIM ↑ | 0.5000 [0.2500, 0.7500] |" in table

@@ -669,6 +669,8 @@ def format_table(study: dict) -> str:
         lines.append(f"| {m.label} {ARROWS[m.better]} | "
                      + " | ".join(_interval(v["metrics"][m.key], m.digits) for v in study["variants"].values()) + " |")
     differences = study["differences"]
+    if not differences:
+        return "\n".join(lines + ["", "Only TDKstain was trained: no ablation to compare with it (--variants)."]) + "\n"
     lines += ["", f"## Differences to {study['variants'][REFERENCE]['name']} (variant - TDKstain, paired by seed)", "",
               "Cell: mean difference [95 % CI]; p: paired t-test over seeds (primary) / Holm within the measure / "
               "Wilcoxon over tiles (secondary). p-values are not corrected across measures.", "",
@@ -815,7 +817,7 @@ def write_outputs(out: Path, study: dict, per_run: dict[str, list[dict]], runs: 
     files = {
         "study": out / "study.json", "table_md": out / "table.md", "table_csv": out / "table.csv",
         "fig3": truth_figure(figures / "fig3_truth.png", study, per_run),
-        "differences": differences_figure(figures / "differences.png", study),
+        **({"differences": differences_figure(figures / "differences.png", study)} if study["differences"] else {}),
         "examples": examples_figure(figures / "examples.png", study, runs, pairs, study["settings"]["seeds"][0]),
         "report": out / "index.html",
     }
@@ -861,8 +863,12 @@ def render_html(study: dict, out: Path, files: dict[str, Path]) -> str:
                                                   "error inside the true membranes per HER2 score; (f) stained-membrane IoU. "
                                                   "Bars: mean over seeds with 95 % CI; dots: seeds."),
                                          ("differences", "Each ablation minus TDKstain, mean over seeds with 95 % CI."),
-                                         ("examples", f"Example tiles, seed {s['seeds'][0]}: H&E | real IHC | each variant.")))
+                                         ("examples", f"Example tiles, seed {s['seeds'][0]}: H&E | real IHC | each variant."))
+                      if k in files)
     data = "".join(f"<li><code>{e(c)}</code></li>" for c in study["data_commands"])
+    differences = ("<table><tr><th>variant</th><th>measure</th><th>mean difference [95 % CI]</th><th>seeds</th>"
+                   "<th>p (t-test)</th><th>p (Holm)</th><th>p (Wilcoxon)</th><th>tiles</th></tr>" + diff_rows + "</table>"
+                   if diff_rows else "<p>Only TDKstain was trained: no ablation to compare with it (--variants).</p>")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>tdkstain ablation study on known truth</title>
 <style>
@@ -885,8 +891,7 @@ Data: <a href="study.json">study.json</a>, <a href="table.csv">table.csv</a>, <a
 run is the unit of replication), Holm-adjusted within each measure over the ablations; not corrected across
 measures. Secondary: Wilcoxon signed-rank over test tiles on per-tile values averaged over seeds (whether the
 trained models differ on these tiles; uncorrected; not for HER2 kappa, which has no per-tile value).</p>
-<table><tr><th>variant</th><th>measure</th><th>mean difference [95 % CI]</th><th>seeds</th><th>p (t-test)</th>
-<th>p (Holm)</th><th>p (Wilcoxon)</th><th>tiles</th></tr>{diff_rows}</table>
+{differences}
 <h2>Per HER2 score</h2>
 <table><tr><th>variant</th>{her2_head}</tr>{her2_rows}</table>
 <p class=small>The scorer on the real IHC against the true labels: quadratic kappa {_num(real['kappa_vs_truth'], 3)}
