@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -400,3 +401,16 @@ def test_speed_of_64_pairs(tmp_path):
     write_dataset(tmp_path, 64, 256, seed=0, failures="all")
     elapsed = time.perf_counter() - start
     assert elapsed < 60, elapsed
+
+
+def test_the_cue_follows_the_documented_formulas():
+    """docs/synth.md: diameter 8 um (1 + 0.07 S score), eosin 0.018 + 0.004 S score, tumour 0.30 + 0.10 min(S, 1) score."""
+    from tdkstain.synth.tissue import _draw_her2_cue
+
+    for strength, her2 in ((0.0, 3), (1.0, 2), (2.5, 3), (4.0, 1)):
+        noise = np.random.default_rng(5)
+        z_fraction, z_diameter, z_eosin = noise.normal(0, 0.07), noise.normal(0, 0.06), noise.normal(0, 0.12)
+        cue = _draw_her2_cue(np.random.default_rng(5), her2, strength)
+        assert cue.tumour_fraction == pytest.approx(np.clip(0.30 + 0.10 * min(strength, 1) * her2 + z_fraction, 0.15, 0.85))
+        assert cue.tumour_diameter_um == pytest.approx(8.0 * (1 + 0.07 * strength * her2) * math.exp(z_diameter))
+        assert cue.cytoplasm_eosin == pytest.approx((0.018 + 0.004 * strength * her2) * math.exp(z_eosin))
