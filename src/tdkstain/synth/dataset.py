@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -152,19 +151,12 @@ def _synth_files(root: Path) -> list[Path]:
     return found
 
 
-def _check_dataset_arguments(
-    pairs: int, size: int, seed: int, misregister: float, test_fraction: float, workers: int
-) -> None:
+def _check_dataset_arguments(pairs: int, test_fraction: float, workers: int) -> None:
+    """What only a dataset has; the tile's own settings are ``tissue._check_render_arguments``'s."""
     if not isinstance(pairs, (int, np.integer)) or pairs < 1:
         raise TdkstainError(f"--pairs must be a positive integer, got {pairs!r}")
     if not 0.0 <= test_fraction <= 1.0:
         raise TdkstainError(f"--test-fraction must lie in [0, 1], got {test_fraction!r}")
-    if not isinstance(size, (int, np.integer)) or size < 32:
-        raise TdkstainError(f"--size must be an integer >= 32 px, got {size!r}")
-    if not (misregister >= 0 and math.isfinite(misregister)):
-        raise TdkstainError(f"--misregister must be a finite number of pixels >= 0, got {misregister!r}")
-    if seed < 0:
-        raise TdkstainError(f"--seed must be >= 0, got {seed}")
     if workers < 1:
         raise TdkstainError(f"--workers must be >= 1, got {workers}")
 
@@ -262,8 +254,8 @@ def write_dataset(
     cue of the HER2 score (``render_pair``; 0: none, 1: the default).
     """
     out = Path(out)
-    _check_dataset_arguments(pairs, size, seed, misregister, test_fraction, workers)
-    _check_render_arguments(int(seed), int(size), float(misregister), cue)
+    _check_dataset_arguments(pairs, test_fraction, workers)
+    _check_render_arguments(seed, size, misregister, cue)
     failures = parse_failures(failures)
     _check_output_folder(out, force)
     start = time.perf_counter()

@@ -613,11 +613,11 @@ def _check_render_arguments(seed: int, size: int, misregister: float, cue: float
     if not (isinstance(cue, (int, float, np.integer, np.floating)) and math.isfinite(cue) and 0 <= cue <= MAX_HER2_CUE):
         raise TdkstainError(f"--her2-cue must be a number from 0 to {MAX_HER2_CUE:g}, got {cue!r}")
     if not isinstance(size, (int, np.integer)) or size < 32:
-        raise TdkstainError(f"tile size must be an integer >= 32 px, got {size!r}")
+        raise TdkstainError(f"--size (the tile side) must be an integer >= 32 px, got {size!r}")
     if not (misregister >= 0 and math.isfinite(misregister)):
         raise TdkstainError(f"--misregister must be a finite number of pixels >= 0, got {misregister!r}")
     if seed < 0:
-        raise TdkstainError(f"seed must be >= 0, got {seed}")
+        raise TdkstainError(f"--seed must be >= 0, got {seed}")
 
 
 def _he_optical_density(
